@@ -1,0 +1,158 @@
+"""Shared parts of the Hydra runners: data, W&B, results files and tables.
+
+The library (``nia_jax``) knows nothing of Hydra or W&B; this module is where
+they meet it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+import nia_jax
+from nia_jax.data import coco500
+from nia_jax.data.task import RetrievalTask
+from nia_jax.errors import ConfigError
+
+log = logging.getLogger("nia_jax.experiments")
+
+DATASETS = ("coco500_clip_vitb16",)
+
+
+def load_tasks(cfg: DictConfig) -> dict[str, RetrievalTask]:
+    """Build the t2i and i2t tasks named by the dataset and protocol configs."""
+    if cfg.dataset.name not in DATASETS:
+        raise ConfigError(f"dataset.name: unknown data set {cfg.dataset.name!r}; available: {DATASETS}.")
+    return coco500.load_tasks(cfg.dataset.split, cfg.protocol.name, variant=cfg.dataset.variant,
+                              seed=cfg.dataset.seed)
+
+
+def make_method(method_cfg: DictConfig) -> nia_jax.Reranker:
+    """Build the re-ranker of a ``method`` config group entry and check its settings."""
+    settings = OmegaConf.to_container(method_cfg, resolve=True)
+    name = settings.pop("name")
+    method = nia_jax.make_reranker(name, **settings)
+    method.validate()
+    return method
+
+
+def environment() -> dict[str, Any]:
+    """Return versions, devices and the git commit, so a results file describes its run."""
+    import jax
+
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        root = Path(__file__).resolve().parent.parent
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=False)
+        commit = done.stdout.strip() or None
+    return {
+        "nia_jax": nia_jax.__version__,
+        "jax": jax.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "devices": [str(d) for d in jax.devices()],
+        "git_commit": commit,
+    }
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def method_entry(results: dict) -> dict:
+    """Return the results.json entry of one method: its directions plus the six-recall rsum."""
+    entry = {direction: r.metrics for direction, r in results.items()}
+    if {"t2i", "i2t"} <= entry.keys():
+        entry["rsum"] = round(entry["t2i"]["rsum"] + entry["i2t"]["rsum"], 4)
+    return entry
+
+
+def format_table(methods: dict[str, dict], protocol: str, split: str) -> str:
+    """Return a plain-text table: one row per method and direction, with 95% intervals."""
+    header = f"{'method':<16} {'dir':<4} {'R@1 [95% CI]':<22} {'R@5':>6} {'R@10':>6} {'rsum':>7} {'medr':>5} {'mAP@R':>6}"
+    lines = [f"protocol={protocol} split={split}", header, "-" * len(header)]
+    for name, entry in methods.items():
+        for direction in ("t2i", "i2t"):
+            if direction not in entry:
+                continue
+            m = entry[direction]
+            ci = m["R@1_ci95"]
+            r1 = f"{m['R@1']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+            lines.append(f"{name:<16} {direction:<4} {r1:<22} {m['R@5']:>6.1f} {m['R@10']:>6.1f} "
+                         f"{m['rsum']:>7.1f} {m['medr']:>5.0f} {m['mAP@R']:>6.1f}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> Iterator[Any]:
+    """Open a W&B run as the logger config says (offline by default) and always finish it.
+
+    Yields None when ``logger.name`` is ``none``. In online mode an
+    unreachable server makes ``wandb.init`` fail after ``logger.init_timeout``
+    seconds; the run then continues offline with a warning.
+    """
+    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+        yield None
+        return
+    if cfg.logger.name != "wandb":
+        raise ConfigError(f"logger.name: expected wandb or none, got {cfg.logger.name!r}.")
+    if cfg.logger.mode not in ("offline", "online"):
+        raise ConfigError(f"logger.mode: expected offline, online or disabled, got {cfg.logger.mode!r}.")
+    import wandb
+
+    os.environ["WANDB_MODE"] = cfg.logger.mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    init = dict(
+        project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
+        job_type=cfg.logger.job_type, tags=sorted(set(list(cfg.logger.tags) + tags)), name=name,
+        dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
+    )
+    try:
+        run = wandb.init(mode=cfg.logger.mode, settings=wandb.Settings(init_timeout=cfg.logger.init_timeout), **init)
+    except Exception as exc:  # wandb raises its own CommError/UsageError types for network failures.
+        if cfg.logger.mode != "online":
+            raise
+        log.warning("W&B online init failed (%s); logging offline under %s instead.", exc, run_dir)
+        os.environ["WANDB_MODE"] = "offline"
+        run = wandb.init(mode="offline", **init)
+    try:
+        yield run
+    finally:
+        run.finish()
+
+
+def log_metrics(run, methods: dict[str, dict]) -> None:
+    """Log each method's metrics as ``<method>/<direction>/<metric>`` and the summary."""
+    if run is None:
+        return
+    flat = {}
+    for method, entry in methods.items():
+        for direction in ("t2i", "i2t"):
+            for key, value in entry.get(direction, {}).items():
+                if isinstance(value, (int, float)):
+                    flat[f"{method}/{direction}/{key}"] = value
+    run.log(flat)
+    run.summary.update(flat)

@@ -1,0 +1,112 @@
+"""Structured-config schemas of the Hydra runners.
+
+Every YAML file in ``conf/`` starts from one of these schemas, so a key that
+is not declared here, or a value of the wrong type, fails when the config is
+composed, before any data is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class DatasetConfig:
+    """Which embeddings and which split are evaluated."""
+
+    name: str = MISSING  # data set id, for example coco500_clip_vitb16
+    variant: str = "clip"  # clip (real) or random (negative control)
+    split: str = "test"  # dev, test, or all (transductive only)
+    seed: int = 0  # seed of the dev/test permutation
+
+
+@dataclass
+class EncoderConfig:
+    """The model whose embeddings a run uses; precomputed means read from files."""
+
+    name: str = "precomputed"
+    model: str = MISSING  # for example openai/clip-vit-base-patch16
+    dim: int = MISSING  # embedding dimension
+    normalised: bool = True  # whether the stored rows are already L2-normalised
+
+
+@dataclass
+class ProtocolConfig:
+    """Whether the banks are disjoint from the evaluated samples."""
+
+    name: str = "inductive"  # inductive or transductive
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases settings; name=none disables logging."""
+
+    name: str = "wandb"  # wandb or none
+    mode: str = "offline"  # offline, online or disabled
+    project: str = "nia_jax"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    job_type: str = "evaluation"
+    init_timeout: float = 30.0  # seconds before an online run falls back to offline
+
+
+@dataclass
+class MethodConfig:
+    """Common fields of every re-ranker config."""
+
+    name: str = MISSING
+
+
+@dataclass
+class CosineConfig(MethodConfig):
+    name: str = "cosine"
+
+
+@dataclass
+class NIAConfig(MethodConfig):
+    name: str = "nia"
+    k: int = 10
+    weighting: str = "softmax"
+    pool: str = "query_bank"
+    form: str = "neighbour"
+    leave_one_out: bool = True
+    tau: float = 0.05
+    lam: float = 1.0
+    w: float = 0.5
+    beta: float = 0.0
+    gamma: float = 0.5
+
+
+@dataclass
+class RunConfig:
+    """Top-level config of ``experiments/rerank.py``."""
+
+    dataset: DatasetConfig = MISSING
+    encoder: EncoderConfig = MISSING
+    method: Any = MISSING
+    protocol: ProtocolConfig = MISSING
+    logger: LoggerConfig = MISSING
+    top_k: int = 100  # candidates re-ranked per query (K)
+    block_size: int = 1024  # queries per block
+    n_boot: int = 1000  # bootstrap resamples for the 95% intervals
+    seed: int = 0  # bootstrap seed
+
+
+METHOD_SCHEMAS: dict[str, type] = {"cosine": CosineConfig, "nia": NIAConfig}
+
+
+def register_schemas() -> None:
+    """Register every schema with Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    store.store(group="encoder", name="encoder_schema", node=EncoderConfig)
+    store.store(group="protocol", name="protocol_schema", node=ProtocolConfig)
+    store.store(group="logger", name="logger_schema", node=LoggerConfig)
+    for name, node in METHOD_SCHEMAS.items():
+        store.store(group="method", name=f"{name}_schema", node=node)

@@ -1,0 +1,1 @@
+"""Pure JAX kernels: similarity and top-K, local weights, ridge coding, fusion."""

@@ -1,0 +1,148 @@
+"""NIA: neighbour information aggregation (Wo & Liang, J. South China Univ. of Technology, 2025).
+
+Each sample is described by its local neighbours (k nearest rows of an
+unlabelled pool) and its global neighbour expression (ridge coefficients over
+the whole pool); the two are fused into new features and the candidates are
+re-scored with them:
+
+* ``form="neighbour"``: s_nia(q, g) = <phi(q), phi(g)>, both coded over the
+  same pool (see :mod:`nia_jax.kernels.fusion` for phi);
+* ``form="embedding"``: s_nia(q, g) = <q, normalise(g + beta P^T phi(g))>.
+
+The final score is (1 - gamma) s(q, g) + gamma s_nia(q, g). With
+``pool="both"`` the two pools' s_nia are averaged (neighbour form) or their
+expressions averaged (embedding form).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from nia_jax._validation import check_float, check_int
+from nia_jax.errors import ConfigError
+from nia_jax.kernels import fusion
+from nia_jax.kernels.neighbours import WEIGHTINGS
+from nia_jax.kernels.ridge import ridge_factor
+from nia_jax.rerankers.base import Pools, Reranker, register
+
+POOLS = ("query_bank", "gallery_bank", "both")
+FORMS = ("neighbour", "embedding")
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class NIA(Reranker):
+    """NIA re-ranker settings.
+
+    Attributes:
+      k: local neighbours per sample (static).
+      weighting: local weights, ``uniform``, ``softmax`` (temperature tau) or
+        ``power`` (exponent tau) (static).
+      pool: ``query_bank``, ``gallery_bank`` or ``both`` (static).
+      form: ``neighbour`` or ``embedding`` fusion (static).
+      leave_one_out: exclude a sample's own pool row from its neighbours and
+        its ridge code when it is a pool member (transductive runs) (static).
+      tau: softmax temperature or power exponent, > 0.
+      lam: ridge penalty lambda, > 0.
+      w: weight of the global expression against the local one, in [0, 1].
+      beta: step toward (> 0) or away from (< 0) the neighbour expression in
+        the embedding form.
+      gamma: weight of s_nia in the final score, in [0, 1].
+    """
+
+    name = "nia"
+    needs = frozenset({"query_bank"})
+    traced = ("tau", "lam", "w", "beta", "gamma")
+
+    k: int = 10
+    weighting: Literal["uniform", "softmax", "power"] = "softmax"
+    pool: Literal["query_bank", "gallery_bank", "both"] = "query_bank"
+    form: Literal["neighbour", "embedding"] = "neighbour"
+    leave_one_out: bool = True
+    tau: float | None = 0.05
+    lam: float | None = 1.0
+    w: float | None = 0.5
+    beta: float | None = 0.0
+    gamma: float | None = 0.5
+
+    def validate(self, pools: Pools | None = None, n_gallery: int | None = None) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"nia.weighting: expected one of {WEIGHTINGS}, got {self.weighting!r}.")
+        if self.pool not in POOLS:
+            raise ConfigError(f"nia.pool: expected one of {POOLS}, got {self.pool!r}.")
+        if self.form not in FORMS:
+            raise ConfigError(f"nia.form: expected one of {FORMS}, got {self.form!r}.")
+        check_int(self.k, "nia.k", low=1)
+        check_float(self.tau, "nia.tau", low=0.0, low_open=True)
+        check_float(self.lam, "nia.lam", low=0.0, low_open=True)
+        check_float(self.w, "nia.w", low=0.0, high=1.0)
+        check_float(self.beta, "nia.beta")
+        check_float(self.gamma, "nia.gamma", low=0.0, high=1.0)
+        if pools is None:
+            return
+        for name in _pool_names(self.pool):
+            bank = getattr(pools, name)
+            if bank is None:
+                raise ConfigError(
+                    f"nia.pool={self.pool!r} needs a {name.replace('_', ' ')}, but the task has none. "
+                    "Provide one or choose another pool."
+                )
+            # A member sample loses its own row, so k + 1 rows are needed then.
+            if self.k > bank.shape[0] - 1:
+                raise ConfigError(
+                    f"nia.k={self.k} is larger than the {name.replace('_', ' ')} allows "
+                    f"({bank.shape[0]} rows, so k <= {bank.shape[0] - 1}). Lower k."
+                )
+
+    @staticmethod
+    def prepare(static: "NIA", hp, pools: Pools):
+        state = {}
+        for name in _pool_names(static.pool):
+            bank = getattr(pools, name)
+            factor = ridge_factor(bank, hp["lam"])
+            self_index = pools.gallery_self if (name == "gallery_bank" and static.leave_one_out) else None
+            if self_index is None:
+                self_index = jnp.full((pools.gallery.shape[0],), -1, dtype=jnp.int32)
+            code = fusion.encode(
+                pools.gallery, self_index, bank, factor,
+                k=static.k, weighting=static.weighting, tau=hp["tau"], w=hp["w"],
+            )
+            entry = {"factor": factor, "gallery_code": code}
+            if static.form == "embedding":
+                entry["expression"] = fusion.neighbour_expression(pools.gallery, code, bank, factor, hp["w"])
+            state[name] = entry
+        if static.form == "embedding":
+            mean_expression = sum(e["expression"] for e in state.values()) / len(state)
+            state["moved_gallery"] = fusion.embedding_space_features(pools.gallery, mean_expression, hp["beta"])
+        return state
+
+    @staticmethod
+    def score(static: "NIA", hp, state, pools: Pools, queries, query_self, candidates, base):
+        if static.form == "embedding":
+            moved = state["moved_gallery"][candidates]  # (b, K, d)
+            nia = jnp.einsum("bd,bKd->bK", queries, moved, precision=jax.lax.Precision.HIGHEST)
+            return fusion.mix_scores(base, nia, hp["gamma"])
+
+        total = jnp.zeros_like(base)
+        names = _pool_names(static.pool)
+        for name in names:
+            bank = getattr(pools, name)
+            entry = state[name]
+            member = name == "query_bank" and static.leave_one_out
+            self_index = query_self if member else jnp.full_like(query_self, -1)
+            q_code = fusion.encode(
+                queries, self_index, bank, entry["factor"],
+                k=static.k, weighting=static.weighting, tau=hp["tau"], w=hp["w"],
+            )
+            g_code = jax.tree.map(lambda leaf: leaf[candidates], entry["gallery_code"])
+            per_query = jax.vmap(fusion.neighbour_space_scores, in_axes=(0, 0, 0, 0, None, None))
+            total = total + per_query(queries, q_code, pools.gallery[candidates], g_code, entry["factor"], hp["w"])
+        return fusion.mix_scores(base, total / len(names), hp["gamma"])
+
+
+def _pool_names(pool: str) -> tuple[str, ...]:
+    return ("query_bank", "gallery_bank") if pool == "both" else (pool,)
