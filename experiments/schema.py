@@ -7,11 +7,17 @@ composed, before any data is loaded.
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from nia_jax.rerankers import available
+from nia_jax.rerankers.base import reranker_class
 
 
 @dataclass
@@ -55,31 +61,28 @@ class LoggerConfig:
     init_timeout: float = 30.0  # seconds before an online run falls back to offline
 
 
-@dataclass
-class MethodConfig:
-    """Common fields of every re-ranker config."""
+def method_schema(cls: type) -> type:
+    """Build the structured config of a re-ranker from its library dataclass.
 
-    name: str = MISSING
+    Field names, defaults and types follow the library, so a new setting or
+    method needs no second declaration here. Literal and Optional types become
+    their base type because OmegaConf validates plain types only; the library
+    then checks the allowed values.
+    """
+    fields_ = [("name", str, field(default=cls.name))]
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        fields_.append((f.name, _plain_type(hint), field(default=f.default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields_)
 
 
-@dataclass
-class CosineConfig(MethodConfig):
-    name: str = "cosine"
-
-
-@dataclass
-class NIAConfig(MethodConfig):
-    name: str = "nia"
-    k: int = 10
-    weighting: str = "softmax"
-    pool: str = "query_bank"
-    form: str = "neighbour"
-    leave_one_out: bool = True
-    tau: float = 0.05
-    lam: float = 1.0
-    w: float = 0.5
-    beta: float = 0.0
-    gamma: float = 0.5
+def _plain_type(hint) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return type(args[0])
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _plain_type(args[0])
+    return hint
 
 
 @dataclass
@@ -97,9 +100,6 @@ class RunConfig:
     seed: int = 0  # bootstrap seed
 
 
-METHOD_SCHEMAS: dict[str, type] = {"cosine": CosineConfig, "nia": NIAConfig}
-
-
 def register_schemas() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     store = ConfigStore.instance()
@@ -108,5 +108,5 @@ def register_schemas() -> None:
     store.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     store.store(group="protocol", name="protocol_schema", node=ProtocolConfig)
     store.store(group="logger", name="logger_schema", node=LoggerConfig)
-    for name, node in METHOD_SCHEMAS.items():
-        store.store(group="method", name=f"{name}_schema", node=node)
+    for name in available():
+        store.store(group="method", name=f"{name}_schema", node=method_schema(reranker_class(name)))

@@ -92,18 +92,23 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def make_reranker(name: str, **settings) -> Reranker:
-    """Build a registered re-ranker from its name and settings.
-
-    Raises ConfigError for an unknown name or setting, listing the valid ones.
-    """
+def reranker_class(name: str) -> type[Reranker]:
+    """Return the registered re-ranker class called ``name``."""
     if name not in _REGISTRY:
         import difflib
 
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown re-ranker {name!r}.{hint} Available: {', '.join(available())}.")
-    cls = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def make_reranker(name: str, **settings) -> Reranker:
+    """Build a registered re-ranker from its name and settings.
+
+    Raises ConfigError for an unknown name or setting, listing the valid ones.
+    """
+    cls = reranker_class(name)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - fields)
     if unknown:
