@@ -100,10 +100,20 @@ class RunConfig:
     seed: int = 0  # bootstrap seed
 
 
+@dataclass
+class TuneConfig(RunConfig):
+    """Top-level config of ``experiments/tune.py``: a grid searched on one split, reported on another."""
+
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # method setting -> values to try
+    tune_split: str = "dev"  # split whose mean R@1 over both directions picks the setting
+    eval_split: str = "test"  # split on which the chosen setting is reported, once
+
+
 def register_schemas() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
+    store.store(name="tune_schema", node=TuneConfig)
     store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     store.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     store.store(group="protocol", name="protocol_schema", node=ProtocolConfig)

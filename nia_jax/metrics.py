@@ -64,7 +64,8 @@ def summarise(neg_above: np.ndarray, position: np.ndarray, *, n_boot: int = 1000
 
     Keys: ``R@1``, ``R@5``, ``R@10``, ``rsum`` (R@1 + R@5 + R@10 of this
     direction), ``medr``, ``meanr``, ``mAP@R``, ``R-Precision``, ``n_queries``
-    and ``<metric>_ci95`` for the recalls, ``mAP@R`` and ``R-Precision``.
+    and ``<metric>_ci95`` for the recalls, ``mAP@R`` and ``R-Precision``
+    (omitted when ``n_boot`` is 0, which sweeps use to save time).
     """
     values = per_query(neg_above, position)
     out: dict[str, float | list[float]] = {}
@@ -76,6 +77,8 @@ def summarise(neg_above: np.ndarray, position: np.ndarray, *, n_boot: int = 1000
     out["mAP@R"] = round(float(values["mAP@R"].mean()), 4)
     out["R-Precision"] = round(float(values["R-Precision"].mean()), 4)
     out["n_queries"] = int(values["rank"].size)
+    if n_boot == 0:
+        return out
     for name in [f"R@{k}" for k in RECALL_KS] + ["mAP@R", "R-Precision"]:
         low, high = bootstrap_ci(values[name], n_boot=n_boot, seed=seed)
         out[f"{name}_ci95"] = [round(low, 4), round(high, 4)]

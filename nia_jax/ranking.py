@@ -184,12 +184,16 @@ def rerank(
     prepare_s = time.perf_counter() - start
 
     block = min(block, n_queries)
+    # XLA lowers a one-row block's matrix products to matrix-vector products that sum in
+    # another order, so one-row blocks are padded to two rows: scores then do not depend
+    # on block_size.
+    rows = max(block, 2)
     outputs = []
     start = time.perf_counter()
     for lo, hi in iter_blocks(n_queries, block):
-        q_block = pad_rows(jnp.asarray(q[lo:hi]), block)
-        self_block = pad_rows(jnp.asarray(query_self[lo:hi]), block, fill=-1)
-        pos_block = None if pos is None else pad_rows(jnp.asarray(pos[lo:hi]), block, fill=-1)
+        q_block = pad_rows(jnp.asarray(q[lo:hi]), rows)
+        self_block = pad_rows(jnp.asarray(query_self[lo:hi]), rows, fill=-1)
+        pos_block = None if pos is None else pad_rows(jnp.asarray(pos[lo:hi]), rows, fill=-1)
         result = _score_block(static, hp, state, pools, q_block, self_block, pos_block, top)
         outputs.append(jax.tree.map(lambda leaf, n=hi - lo: np.asarray(leaf[:n]), result))
         if on_block is not None:

@@ -52,6 +52,10 @@ class PoolCode(NamedTuple):
       self_coef: the plain coefficient a_x(self_index) = A[self_index] . x or 0, (n,).
       global_norm: ||a(x)|| with the self entry removed, (n,).
       mix_norm: ||v(x)|| for the fusion weight w it was built with, (n,).
+      local_fit: <x, P^T c(x)> = sum_j c_j(x) s_j(x) with the weights c(x)
+        summing to one: the (weighted) mean similarity to the k neighbours, (n,).
+      global_fit: <x, P^T a(x)>, how much of x the ridge code over the pool
+        reconstructs (its leverage), with the self row left out, (n,).
     """
 
     neighbours: Int[Array, "n k"]
@@ -62,6 +66,8 @@ class PoolCode(NamedTuple):
     self_coef: Float[Array, " n"]
     global_norm: Float[Array, " n"]
     mix_norm: Float[Array, " n"]
+    local_fit: Float[Array, " n"]
+    global_fit: Float[Array, " n"]
 
 
 def encode(
@@ -94,7 +100,15 @@ def encode(
     cos_local_global = jnp.sum(local_map * x, axis=1) / global_norm
     mix_sq = (1 - w) ** 2 + w**2 + 2 * w * (1 - w) * cos_local_global
     mix_norm = jnp.sqrt(jnp.maximum(mix_sq, _EPS))
-    return PoolCode(neighbours, local, local_map, self_index, self_row, self_coef, global_norm, mix_norm)
+
+    local_fit = jnp.sum(raw * sims, axis=1)
+    # Leave-one-out code a(x) = alpha(x) / (1 - h) with the self entry zeroed,
+    # where h = self_coef is the pool row's own leverage.
+    self_pool_dot = jnp.where(is_member, jnp.sum(pool[jnp.maximum(self_index, 0)] * x, axis=1), 0.0)
+    plain_fit = jnp.einsum("nd,de,ne->n", x, factor.reconstruction, x, precision=_HI)
+    global_fit = (plain_fit - self_coef * self_pool_dot) / jnp.where(is_member, 1.0 - self_coef, 1.0)
+    return PoolCode(neighbours, local, local_map, self_index, self_row, self_coef, global_norm, mix_norm,
+                    local_fit, global_fit)
 
 
 def _weight_at(code_neighbours, code_local, index):
@@ -162,6 +176,17 @@ def embedding_space_features(
     """Return normalise(x + beta P^T phi(x)); beta < 0 pushes x away from its neighbours."""
     moved = x + beta * expression
     return moved / jnp.maximum(jnp.linalg.norm(moved, axis=1, keepdims=True), _EPS)
+
+
+def hubness(code: PoolCode, w) -> Float[Array, " n"]:
+    """Return h(x) = (1 - w) <x, P^T c(x)> + w <x, P^T a(x)>, x's fit by its pool neighbours.
+
+    With uniform weights and w = 0 this is the mean similarity of x to its k
+    nearest pool rows, the hubness term of NNN and CSLS; with w = 1 it is the
+    ridge leverage of x, how well the whole pool explains it. A gallery item
+    that the query bank explains well is a likely hub.
+    """
+    return (1 - w) * code.local_fit + w * code.global_fit
 
 
 def mix_scores(base, nia, gamma):

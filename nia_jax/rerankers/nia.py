@@ -7,9 +7,16 @@ re-scored with them:
 
 * ``form="neighbour"``: s_nia(q, g) = <phi(q), phi(g)>, both coded over the
   same pool (see :mod:`nia_jax.kernels.fusion` for phi);
-* ``form="embedding"``: s_nia(q, g) = <q, normalise(g + beta P^T phi(g))>.
+* ``form="embedding"``: s_nia(q, g) = <q, normalise(g + beta P^T phi(g))>;
+* ``form="none"``: no s_nia, for the hubness term alone.
 
-The final score is (1 - gamma) s(q, g) + gamma s_nia(q, g). With
+The final score is (1 - gamma) s(q, g) + gamma s_nia(q, g) - eta h(g), where
+the hubness term h(g) = (1 - w) <g, P^T c(g)> + w <g, P^T a(g)> measures how
+well g's own neighbour information over the pool reconstructs it: its local
+part is the mean similarity to its k nearest pool rows (NNN's and CSLS's
+hubness term when the weights are uniform), its global part the ridge
+leverage of g. Over the query bank it flags gallery items that many queries
+resemble (hubs) and pushes them down. With
 ``pool="both"`` the two pools' s_nia are averaged (neighbour form) or their
 expressions averaged (embedding form).
 """
@@ -30,7 +37,7 @@ from nia_jax.kernels.ridge import ridge_factor
 from nia_jax.rerankers.base import Pools, Reranker, register
 
 POOLS = ("query_bank", "gallery_bank", "both")
-FORMS = ("neighbour", "embedding")
+FORMS = ("neighbour", "embedding", "none")
 
 
 @register
@@ -43,7 +50,7 @@ class NIA(Reranker):
       weighting: local weights, ``uniform``, ``softmax`` (temperature tau) or
         ``power`` (exponent tau) (static).
       pool: ``query_bank``, ``gallery_bank`` or ``both`` (static).
-      form: ``neighbour`` or ``embedding`` fusion (static).
+      form: ``neighbour``, ``embedding`` or ``none`` (no s_nia) fusion (static).
       leave_one_out: exclude a sample's own pool row from its neighbours and
         its ridge code when it is a pool member (transductive runs) (static).
       tau: softmax temperature or power exponent, > 0.
@@ -52,11 +59,12 @@ class NIA(Reranker):
       beta: step toward (> 0) or away from (< 0) the neighbour expression in
         the embedding form.
       gamma: weight of s_nia in the final score, in [0, 1].
+      eta: weight of the hubness term h(g) subtracted from the final score, >= 0.
     """
 
     name = "nia"
-    needs = frozenset({"query_bank"})
-    traced = ("tau", "lam", "w", "beta", "gamma")
+    # The pools it needs depend on ``pool``; ``validate`` checks them.
+    traced = ("tau", "lam", "w", "beta", "gamma", "eta")
 
     k: int = 10
     weighting: Literal["uniform", "softmax", "power"] = "softmax"
@@ -68,6 +76,7 @@ class NIA(Reranker):
     w: float | None = 0.5
     beta: float | None = 0.0
     gamma: float | None = 0.5
+    eta: float | None = 0.0
 
     def validate(self, pools: Pools | None = None, n_gallery: int | None = None) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -82,6 +91,7 @@ class NIA(Reranker):
         check_float(self.w, "nia.w", low=0.0, high=1.0)
         check_float(self.beta, "nia.beta")
         check_float(self.gamma, "nia.gamma", low=0.0, high=1.0)
+        check_float(self.eta, "nia.eta", low=0.0)
         if pools is None:
             return
         for name in _pool_names(self.pool):
@@ -115,6 +125,8 @@ class NIA(Reranker):
             if static.form == "embedding":
                 entry["expression"] = fusion.neighbour_expression(pools.gallery, code, bank, factor, hp["w"])
             state[name] = entry
+        names = _pool_names(static.pool)
+        state["hubness"] = sum(fusion.hubness(state[n]["gallery_code"], hp["w"]) for n in names) / len(names)
         if static.form == "embedding":
             mean_expression = sum(e["expression"] for e in state.values()) / len(state)
             state["moved_gallery"] = fusion.embedding_space_features(pools.gallery, mean_expression, hp["beta"])
@@ -122,10 +134,13 @@ class NIA(Reranker):
 
     @staticmethod
     def score(static: "NIA", hp, state, pools: Pools, queries, query_self, candidates, base):
+        penalty = hp["eta"] * state["hubness"][candidates]
+        if static.form == "none":
+            return base - penalty
         if static.form == "embedding":
             moved = state["moved_gallery"][candidates]  # (b, K, d)
             nia = jnp.einsum("bd,bKd->bK", queries, moved, precision=jax.lax.Precision.HIGHEST)
-            return fusion.mix_scores(base, nia, hp["gamma"])
+            return fusion.mix_scores(base, nia, hp["gamma"]) - penalty
 
         total = jnp.zeros_like(base)
         names = _pool_names(static.pool)
@@ -141,7 +156,7 @@ class NIA(Reranker):
             g_code = jax.tree.map(lambda leaf: leaf[candidates], entry["gallery_code"])
             per_query = jax.vmap(fusion.neighbour_space_scores, in_axes=(0, 0, 0, 0, None, None))
             total = total + per_query(queries, q_code, pools.gallery[candidates], g_code, entry["factor"], hp["w"])
-        return fusion.mix_scores(base, total / len(names), hp["gamma"])
+        return fusion.mix_scores(base, total / len(names), hp["gamma"]) - penalty
 
 
 def _pool_names(pool: str) -> tuple[str, ...]:
