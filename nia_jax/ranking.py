@@ -184,9 +184,9 @@ def rerank(
     prepare_s = time.perf_counter() - start
 
     block = min(block, n_queries)
-    # XLA lowers a one-row block's matrix products to matrix-vector products that sum in
-    # another order, so one-row blocks are padded to two rows: scores then do not depend
-    # on block_size.
+    # XLA lowers the matrix products of a one-row block to matrix-vector products, which
+    # sum in another order. Padding one-row blocks to two rows keeps every score
+    # independent of block_size.
     rows = max(block, 2)
     outputs = []
     start = time.perf_counter()

@@ -65,3 +65,39 @@ def nia_scores(queries, gallery, pool, *, k, weighting, tau, lam, w, beta, gamma
         q_phi = np.stack([nia_feature(q, pool, k, weighting, tau, lam, w, s) for q, s in zip(queries, query_self)])
         nia = q_phi @ gal_phi.T
     return (1 - gamma) * base + gamma * nia
+
+
+def nearest_rows(x, pool, k, self_index=-1):
+    """Return (similarities, indices) of the k pool rows nearest to x, self row skipped.
+
+    Equal similarities are ordered by increasing row index (stable sort).
+    """
+    sims = np.asarray(pool, dtype=np.float64) @ np.asarray(x, dtype=np.float64)
+    order = [j for j in np.argsort(-sims, kind="stable") if j != self_index][:k]
+    return sims[order], np.asarray(order)
+
+
+def nia_scores_pools(queries, gallery, pools, *, k, weighting, tau, lam, w, beta, gamma, form):
+    """Full (nq, ng) NIA scores when several pools are used (``pool="both"``), in float64.
+
+    ``pools`` is a list of ``(pool, query_self, gallery_self)``. The neighbour
+    form averages the pools' scores. The embedding form averages the pools'
+    expressions P^T phi(g) and moves each gallery item once by their mean.
+    """
+    queries, gallery = normalise(queries), normalise(gallery)
+    settings = dict(k=k, weighting=weighting, tau=tau, lam=lam, w=w)
+    if form == "neighbour":
+        scores = [
+            nia_scores(queries, gallery, pool, beta=beta, gamma=gamma, form=form,
+                       query_self=query_self, gallery_self=gallery_self, **settings)
+            for pool, query_self, gallery_self in pools
+        ]
+        return np.mean(scores, axis=0)
+    expressions = []
+    for pool, _, gallery_self in pools:
+        pool = normalise(pool)
+        gallery_self = np.full(gallery.shape[0], -1) if gallery_self is None else gallery_self
+        phi = np.stack([nia_feature(g, pool, self_index=s, **settings) for g, s in zip(gallery, gallery_self)])
+        expressions.append(phi @ pool)
+    moved = normalise(gallery + beta * np.mean(expressions, axis=0))
+    return (1 - gamma) * (queries @ gallery.T) + gamma * (queries @ moved.T)

@@ -128,7 +128,7 @@ class NIA(Reranker):
         names = _pool_names(static.pool)
         state["hubness"] = sum(fusion.hubness(state[n]["gallery_code"], hp["w"]) for n in names) / len(names)
         if static.form == "embedding":
-            mean_expression = sum(e["expression"] for e in state.values()) / len(state)
+            mean_expression = sum(state[n]["expression"] for n in names) / len(names)
             state["moved_gallery"] = fusion.embedding_space_features(pools.gallery, mean_expression, hp["beta"])
         return state
 
