@@ -163,7 +163,8 @@ def rerank(
         query_self = np.full(n_queries, -1, dtype=np.int32)
         gallery_self = np.full(n_gallery, -1, dtype=np.int32)
     if method.transductive and not transductive:
-        logger.info("%s normalises over the evaluated queries: its results are transductive.", method.name)
+        logger.info("%s is designed to normalise over the evaluated queries; under the inductive "
+                    "protocol it uses the query bank in their place.", method.name)
     pools = Pools(
         gallery=jnp.asarray(g),
         query_bank=None if qb is None else jnp.asarray(qb),

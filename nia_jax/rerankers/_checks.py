@@ -45,7 +45,11 @@ def float_setting(value, name: str, *, low: float | None = None, high: float | N
 def choice_setting(value, name: str, choices: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices``, or raise ConfigError."""
     if value not in choices:
-        raise ConfigError(f"{name}: expected one of {choices}, got {value!r}.")
+        import difflib
+
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{name}: expected one of {choices}, got {value!r}.{hint}")
     return value
 
 

@@ -154,7 +154,7 @@ class QBNormIS(Reranker):
 class QBNormDIS(Reranker):
     """Querybank Normalisation with the dynamic inverted softmax (Bogolin et al., CVPR 2022).
 
-    The activation set A holds every gallery item that is among the k
+    The activation set A contains every gallery item that is among the k
     nearest gallery items of some bank query. A query whose top-1 gallery
     item (by cosine) is in A gets the log inverted softmax of ``qbnorm_is``,
     beta s(q, g) - LSE_{b in B_q}(beta s(b, g)), for all its candidates; any
@@ -227,6 +227,12 @@ class DualIS(Reranker):
     per query, so B_g then leaves the ranking unchanged and the method ranks
     like an inverted softmax with numerator weight beta1 + beta2. Needs B_q
     and B_g. Inductive; in transductive runs g's own row in B_g is left out.
+
+    NOTE: beta1 and beta2 default to the keyword defaults of the authors'
+    ``db_norm`` function, which their own scripts override. They are not
+    tuned for CLIP features, whose gallery-to-gallery similarities are larger
+    and spread wider than cross-modal ones, so the gallery-bank factor then
+    dominates the ranking.
 
     Attributes:
       gallery_bank_side: which sample's similarities to B_g form the second

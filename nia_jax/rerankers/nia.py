@@ -29,11 +29,11 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from nia_jax._validation import check_float, check_int
 from nia_jax.errors import ConfigError
 from nia_jax.kernels import fusion
 from nia_jax.kernels.neighbours import WEIGHTINGS
 from nia_jax.kernels.ridge import ridge_factor
+from nia_jax.rerankers._checks import choice_setting, float_setting, int_setting
 from nia_jax.rerankers.base import Pools, Reranker, register
 
 POOLS = ("query_bank", "gallery_bank", "both")
@@ -79,19 +79,16 @@ class NIA(Reranker):
     eta: float | None = 0.0
 
     def validate(self, pools: Pools | None = None, n_gallery: int | None = None) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"nia.weighting: expected one of {WEIGHTINGS}, got {self.weighting!r}.")
-        if self.pool not in POOLS:
-            raise ConfigError(f"nia.pool: expected one of {POOLS}, got {self.pool!r}.")
-        if self.form not in FORMS:
-            raise ConfigError(f"nia.form: expected one of {FORMS}, got {self.form!r}.")
-        check_int(self.k, "nia.k", low=1)
-        check_float(self.tau, "nia.tau", low=0.0, low_open=True)
-        check_float(self.lam, "nia.lam", low=0.0, low_open=True)
-        check_float(self.w, "nia.w", low=0.0, high=1.0)
-        check_float(self.beta, "nia.beta")
-        check_float(self.gamma, "nia.gamma", low=0.0, high=1.0)
-        check_float(self.eta, "nia.eta", low=0.0)
+        choice_setting(self.weighting, "nia.weighting", WEIGHTINGS)
+        choice_setting(self.pool, "nia.pool", POOLS)
+        choice_setting(self.form, "nia.form", FORMS)
+        int_setting(self.k, "nia.k", low=1)
+        float_setting(self.tau, "nia.tau", low=0.0, low_open=True)
+        float_setting(self.lam, "nia.lam", low=0.0, low_open=True)
+        float_setting(self.w, "nia.w", low=0.0, high=1.0)
+        float_setting(self.beta, "nia.beta")
+        float_setting(self.gamma, "nia.gamma", low=0.0, high=1.0)
+        float_setting(self.eta, "nia.eta", low=0.0)
         if pools is None:
             return
         for name in _pool_names(self.pool):

@@ -30,7 +30,7 @@ only enlarges sum max. In transductive runs B_q is the evaluated queries,
 so U is all queries and the gallery, every query is a member (its own row is
 excluded from its neighbours), and this approximation disappears.
 
-Cost: ``prepare`` holds dense (n, n) similarity, set and vector matrices, as
+Cost: ``prepare`` stores dense (n, n) similarity, set and vector matrices, as
 Zhong's implementation does, so memory grows with n^2. Scoring a block
 builds (b, n) vectors and compares them with the K candidates' vectors.
 """
@@ -77,8 +77,13 @@ def reciprocal_sets(sims, k: int):
     Row i marks i itself and every j among i's k nearest other members that
     also has i among its k nearest.
     """
-    n = sims.shape[0]
     _, neighbours, mutual = mutual_neighbours(sims, k)
+    return _dense_sets(neighbours, mutual)
+
+
+def _dense_sets(neighbours, mutual):
+    """Return the (n, n) bool matrix of each member itself and its mutual neighbours."""
+    n = neighbours.shape[0]
     rows = jnp.arange(n)[:, None]
     sets = jnp.zeros((n, n), dtype=bool).at[rows, neighbours].set(mutual)
     return sets | jnp.eye(n, dtype=bool)
@@ -112,7 +117,12 @@ class KReciprocal(Reranker):
     the module docstring lists the steps and how they differ from Zhong's.
     Needs B_q. Transductive: neighbour sets are meant to range over all
     evaluated queries and the gallery, which U is in transductive runs. Run
-    inductively, B_q stands in for the other queries.
+    inductively, B_q replaces the other queries.
+
+    NOTE: across a modality gap the sets never mix modalities. On the
+    embedded CLIP COCO data every caption's k1 = 20 nearest members are
+    captions and every image's are images, so d_J = 1 for every pair and the
+    method ranks exactly as cosine, under either protocol.
 
     Attributes:
       k1: neighbours of the k-reciprocal sets (static).
@@ -152,8 +162,7 @@ class KReciprocal(Reranker):
 
         values, neighbours, mutual = mutual_neighbours(sims, static.k1)
         threshold = values[:, -1]
-        rows = jnp.arange(n)[:, None]
-        reciprocal = jnp.zeros((n, n), dtype=bool).at[rows, neighbours].set(mutual) | jnp.eye(n, dtype=bool)
+        reciprocal = _dense_sets(neighbours, mutual)
 
         h = half_size(static.k1)
         half_mutual = values[:, :h] >= values[:, h - 1][neighbours[:, :h]] - TIE_TOLERANCE

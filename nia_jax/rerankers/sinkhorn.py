@@ -119,7 +119,8 @@ class DBSN(Reranker):
     matches the authors' code (github.com/ppanzx/DBSN, ``dbsn.py``), which
     runs 10 Sinkhorn iterations on the stacked target and target-bank
     similarities to the query bank and subtracts the targets' potentials.
-    NOTE: that code is the source of this reading; the paper text was not
+    NOTE: this reading rests on the paper's abstract (a target bank added
+    beside the query bank) and on that code; the paper's equations were not
     checked. Needs B_q and B_g. In transductive runs B_g is the gallery, so
     every B_g row is a duplicate gallery column and is left out, and dbsn
     equals sinkhorn.
