@@ -82,6 +82,25 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         raise
 
 
+def write_ranks_atomic(path: Path, ranks: dict[str, "np.ndarray"]) -> None:
+    """Write per-query ranks (``<method>/<direction>`` -> 1-based rank) to an .npz, atomically.
+
+    Reports use them for paired bootstrap intervals between methods.
+    """
+    import numpy as np
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **{k: np.asarray(v, dtype=np.int64) for k, v in ranks.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def method_entry(results: dict) -> dict:
     """Return the results.json entry of one method: its directions plus the six-recall rsum."""
     entry = {direction: r.metrics for direction, r in results.items()}

@@ -107,6 +107,23 @@ class TuneConfig(RunConfig):
     grid: dict[str, list[Any]] = field(default_factory=dict)  # method setting -> values to try
     tune_split: str = "dev"  # split whose mean R@1 over both directions picks the setting
     eval_split: str = "test"  # split on which the chosen setting is reported, once
+    export_dir: Optional[str] = None  # if set, also write the chosen setting to <export_dir>/<method>.yaml (conf/tuned)
+
+
+@dataclass
+class CompareConfig:
+    """Top-level config of ``experiments/compare.py``: several methods on one data set."""
+
+    dataset: DatasetConfig = MISSING
+    encoder: EncoderConfig = MISSING
+    protocol: ProtocolConfig = MISSING
+    logger: LoggerConfig = MISSING
+    methods: dict[str, Any] = field(default_factory=dict)  # name -> method config
+    include: Optional[list[str]] = None  # subset of methods to run; null runs all
+    top_k: int = 100
+    block_size: int = 1024
+    n_boot: int = 1000
+    seed: int = 0
 
 
 def register_schemas() -> None:
@@ -114,6 +131,7 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(name="tune_schema", node=TuneConfig)
+    store.store(name="compare_schema", node=CompareConfig)
     store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     store.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     store.store(group="protocol", name="protocol_schema", node=ProtocolConfig)

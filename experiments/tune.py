@@ -78,13 +78,14 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict]:
     chosen = points[best["index"]]
     log.info("chosen %s (dev mean R@1 %.2f) after %.1f s", best["settings"], best["mean_R@1"], tune_s)
 
-    entries, timing = {}, {}
+    entries, timing, ranks = {}, {}, {}
     for name, method in {"cosine": nia_jax.make_reranker("cosine"), chosen.name: chosen}.items():
         t0 = time.perf_counter()
         results = {d: nia_jax.evaluate(method, t, top_k=cfg.top_k, block_size=cfg.block_size,
                                        n_boot=cfg.n_boot, seed=cfg.seed) for d, t in eval_tasks.items()}
         timing[name] = round(time.perf_counter() - t0, 4)
         entries[name] = common.method_entry(results)
+        ranks.update({f"{name}/{d}": r.per_query["rank"] for d, r in results.items()})
     tuned = {k: v for k, v in chosen.describe().items()}
     payload = {
         "dataset": eval_tasks["t2i"].dataset,
@@ -106,14 +107,14 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict]:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "environment": common.environment(),
     }
-    return payload, tuned
+    return payload, tuned, ranks
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="tune")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        payload, tuned = run(cfg, run_dir)
+        payload, tuned, ranks = run(cfg, run_dir)
     except NiaError as exc:
         log.error("%s", exc)
         sys.exit(1)
@@ -121,12 +122,22 @@ def main(cfg: DictConfig) -> None:
                           tags=[f"method:{tuned['name']}", f"dataset:{cfg.dataset.name}",
                                 f"protocol:{cfg.protocol.name}", f"split:{cfg.eval_split}"]) as wb:
         common.log_metrics(wb, payload["methods"])
-    header = (f"# Chosen by experiments/tune.py on {cfg.dataset.name} split={cfg.tune_split} "
-              f"protocol={cfg.protocol.name}: highest mean dev R@1 over both directions.\n")
+    grid_text = " ".join(f"{k}={','.join(map(str, v))}" for k, v in OmegaConf.to_container(cfg.grid).items())
+    header = (f"# {tuned['name']} settings chosen by experiments/tune.py on {cfg.dataset.name}, "
+              f"split={cfg.tune_split}, protocol={cfg.protocol.name}:\n"
+              f"# the highest mean R@1 over t2i and i2t among {payload['tuning']['n_settings']} settings.\n"
+              f"# Grid: {grid_text}\n"
+              f"# Each setting is documented in the re-ranker's class in nia_jax.rerankers.\n")
     method_yaml = {k: v for k, v in tuned.items() if k != "name"}
     (run_dir / f"tuned_{tuned['name']}.yaml").write_text(
-        header + f"defaults:\n  - {tuned['name']}_schema\n  - _self_\n" + yaml.safe_dump(method_yaml, sort_keys=False))
+        header + f"defaults:\n  - /method/{tuned['name']}_schema@_here_\n  - _self_\n"
+        + yaml.safe_dump(method_yaml, sort_keys=False))
+    common.write_ranks_atomic(run_dir / "ranks.npz", ranks)
     common.write_json_atomic(run_dir / "results.json", payload)
+    if cfg.export_dir is not None:
+        export = Path(hydra.utils.to_absolute_path(cfg.export_dir)) / f"{tuned['name']}.yaml"
+        export.write_text((run_dir / f"tuned_{tuned['name']}.yaml").read_text())
+        print(f"exported the chosen setting to {export}")
     print(f"chosen on {cfg.tune_split}: {payload['tuning']['chosen_dev']['settings']} "
           f"(dev mean R@1 {payload['tuning']['chosen_dev']['mean_R@1']:.2f})")
     print(common.format_table(payload["methods"], payload["protocol"], payload["split"]))
