@@ -136,6 +136,7 @@ def main(cfg: DictConfig) -> None:
     common.write_json_atomic(run_dir / "results.json", payload)
     if cfg.export_dir is not None:
         export = Path(hydra.utils.to_absolute_path(cfg.export_dir)) / f"{tuned['name']}.yaml"
+        export.parent.mkdir(parents=True, exist_ok=True)
         export.write_text((run_dir / f"tuned_{tuned['name']}.yaml").read_text())
         print(f"exported the chosen setting to {export}")
     print(f"chosen on {cfg.tune_split}: {payload['tuning']['chosen_dev']['settings']} "
