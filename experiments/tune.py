@@ -131,7 +131,7 @@ def main(cfg: DictConfig) -> None:
     method_yaml = {k: v for k, v in tuned.items() if k != "name"}
     (run_dir / f"tuned_{tuned['name']}.yaml").write_text(
         header + f"defaults:\n  - /method/{tuned['name']}_schema@_here_\n  - _self_\n"
-        + yaml.safe_dump(method_yaml, sort_keys=False))
+        + (yaml.safe_dump(method_yaml, sort_keys=False) if method_yaml else ""))
     common.write_ranks_atomic(run_dir / "ranks.npz", ranks)
     common.write_json_atomic(run_dir / "results.json", payload)
     if cfg.export_dir is not None:
