@@ -125,13 +125,39 @@ def format_table(methods: dict[str, dict], protocol: str, split: str) -> str:
     return "\n".join(lines)
 
 
+def mean_r1(entry: dict) -> float:
+    """Return the mean R@1 over t2i and i2t of one method's results.json entry (the sweep objective)."""
+    return round((entry["t2i"]["R@1"] + entry["i2t"]["R@1"]) / 2, 4)
+
+
+def _multirun_job() -> tuple[str, int] | None:
+    """Return (W&B group, job number) inside a Hydra multirun job, else None.
+
+    The group names the sweep directory by its last two parts, for example
+    ``nia_ablation-2025-01-31_12-00-00`` for ``multirun/nia_ablation/2025-01-31_12-00-00``,
+    so every job of one multirun lands in one W&B group.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    return "-".join(sweep_dir.parts[-2:]), int(hydra_cfg.job.num)
+
+
 @contextlib.contextmanager
 def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> Iterator[Any]:
     """Open a W&B run as the logger config says (offline by default) and always finish it.
 
     Yields None when ``logger.name`` is ``none``. In online mode an
     unreachable server makes ``wandb.init`` fail after ``logger.init_timeout``
-    seconds; the run then continues offline with a warning.
+    seconds; the run then continues offline with a warning. Inside a Hydra
+    multirun, ``logger.group`` defaults to the sweep directory and the run name
+    gets the job number.
     """
     if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
         yield None
@@ -144,8 +170,13 @@ def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> 
 
     os.environ["WANDB_MODE"] = cfg.logger.mode
     os.environ.setdefault("WANDB_SILENT", "true")
+    group = cfg.logger.group
+    job = _multirun_job()
+    if job is not None:
+        group = group or job[0]
+        name = f"{name}-{job[1]}"
     init = dict(
-        project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
+        project=cfg.logger.project, entity=cfg.logger.entity, group=group,
         job_type=cfg.logger.job_type, tags=sorted(set(list(cfg.logger.tags) + tags)), name=name,
         dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
     )
@@ -164,7 +195,10 @@ def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> 
 
 
 def log_metrics(run, methods: dict[str, dict]) -> None:
-    """Log each method's metrics as ``<method>/<direction>/<metric>`` and the summary."""
+    """Log each method's metrics as ``<method>/<direction>/<metric>`` and the summary.
+
+    Each method with both directions also gets ``<method>/mean_R@1``, the sweep objective.
+    """
     if run is None:
         return
     flat = {}
@@ -173,5 +207,7 @@ def log_metrics(run, methods: dict[str, dict]) -> None:
             for key, value in entry.get(direction, {}).items():
                 if isinstance(value, (int, float)):
                     flat[f"{method}/{direction}/{key}"] = value
+        if {"t2i", "i2t"} <= entry.keys():
+            flat[f"{method}/mean_R@1"] = mean_r1(entry)
     run.log(flat)
     run.summary.update(flat)

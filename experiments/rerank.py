@@ -17,6 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,20 +63,29 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             # The headline keys (t2i/R@1, i2t/rsum, ...) are the re-ranked method's.
             wb.summary.update({f"{d}/{k}": v for d in ("t2i", "i2t")
                                for k, v in entries[method.name][d].items() if isinstance(v, (int, float))})
+            wb.summary["mean_R@1"] = common.mean_r1(entries[method.name])  # the sweep objective
     return payload
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="rerank")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         payload = run(cfg, run_dir)
     except NiaError as exc:
         log.error("%s", exc)
+        # Multirun: re-raise instead of sys.exit. Hydra records an ordinary exception as
+        # this job's failure and runs the remaining jobs; SystemExit is not caught per
+        # job, so it would end the whole sweep here. See docs/experiments.md.
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
         sys.exit(1)
     common.write_json_atomic(run_dir / "results.json", payload)
     print(common.format_table(payload["methods"], payload["protocol"], payload["split"]))
     print(f"results: {run_dir / 'results.json'}")
+    # The sweep objective: the re-ranked method's mean R@1 over t2i and i2t on the
+    # configured split. The Optuna sweeper maximises it (conf/experiment/nia_optuna.yaml, on dev).
+    return common.mean_r1(payload["methods"][cfg.method.name])
 
 
 if __name__ == "__main__":

@@ -105,7 +105,8 @@ class TuneConfig(RunConfig):
     """Top-level config of ``experiments/tune.py``: a grid searched on one split, reported on another."""
 
     grid: dict[str, list[Any]] = field(default_factory=dict)  # method setting -> values to try
-    tune_split: str = "dev"  # split whose mean R@1 over both directions picks the setting
+    tune_split: str = "dev"  # split on which the grid is searched
+    selection: str = "rsum"  # rsum (R@1+R@5+R@10, both directions) or mean_r1 (mean R@1 of both)
     eval_split: str = "test"  # split on which the chosen setting is reported, once
     export_dir: Optional[str] = None  # if set, also write the chosen setting to <export_dir>/<method>.yaml (conf/tuned)
 
