@@ -5,9 +5,10 @@
 
 Every combination of the grid (conf/grid/<name>.yaml) is evaluated in this
 process; traced hyperparameters reuse one compilation per static setting.
-The setting with the highest dev rsum (R@1 + R@5 + R@10 of both directions,
-the usual model-selection figure in image-text retrieval; ``selection=mean_r1``
-ranks by mean R@1 instead) is evaluated once on the test split beside cosine.
+The setting with the highest dev rsum (R@1 + R@5 + R@10 of both directions)
+is evaluated once on the test split beside cosine. rsum is the usual
+model-selection figure in image-text retrieval, and ``selection=mean_r1``
+ranks by mean R@1 instead.
 results.json records the grid, every dev score, the chosen values and the
 test metrics; tuned_<method>.yaml holds the chosen values as a method config.
 """
@@ -128,6 +129,21 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, dict]:
     return payload, tuned, ranks
 
 
+def tuned_config_text(cfg: DictConfig, tuned: dict, n_settings: int) -> str:
+    """Return the chosen setting as a method config file, with how it was chosen in its header."""
+    grid_text = " ".join(f"{k}={','.join(map(str, v))}" for k, v in OmegaConf.to_container(cfg.grid).items())
+    header = (f"# {tuned['name']} settings chosen by experiments/tune.py on {cfg.dataset.name}, "
+              f"split={cfg.tune_split}, protocol={cfg.protocol.name}:\n"
+              f"# {SELECTIONS[cfg.selection]}, among {n_settings} settings.\n"
+              f"# Grid: {grid_text}\n"
+              f"# Each setting is documented in the re-ranker's class in nia_jax.rerankers.\n")
+    defaults = f"defaults:\n  - /method/{tuned['name']}_schema@_here_\n  - _self_\n"
+    values = {k: v for k, v in tuned.items() if k != "name"}
+    # yaml.safe_dump({}) writes "{}", which is not valid after the defaults list.
+    body = yaml.safe_dump(values, sort_keys=False) if values else ""
+    return header + defaults + body
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="tune")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -136,29 +152,25 @@ def main(cfg: DictConfig) -> None:
     except NiaError as exc:
         log.error("%s", exc)
         sys.exit(1)
-    with common.wandb_run(cfg, run_dir, name=f"tune-{tuned['name']}-{cfg.dataset.name}",
-                          tags=[f"method:{tuned['name']}", f"dataset:{cfg.dataset.name}",
-                                f"protocol:{cfg.protocol.name}", f"split:{cfg.eval_split}"]) as wb:
+
+    tags = [f"method:{tuned['name']}", f"dataset:{cfg.dataset.name}", f"protocol:{cfg.protocol.name}",
+            f"split:{cfg.eval_split}"]
+    with common.wandb_run(cfg, run_dir, name=f"tune-{tuned['name']}-{cfg.dataset.name}", tags=tags) as wb:
         common.log_metrics(wb, payload["methods"])
-    grid_text = " ".join(f"{k}={','.join(map(str, v))}" for k, v in OmegaConf.to_container(cfg.grid).items())
-    header = (f"# {tuned['name']} settings chosen by experiments/tune.py on {cfg.dataset.name}, "
-              f"split={cfg.tune_split}, protocol={cfg.protocol.name}:\n"
-              f"# {SELECTIONS[cfg.selection]}, among {payload['tuning']['n_settings']} settings.\n"
-              f"# Grid: {grid_text}\n"
-              f"# Each setting is documented in the re-ranker's class in nia_jax.rerankers.\n")
-    method_yaml = {k: v for k, v in tuned.items() if k != "name"}
-    (run_dir / f"tuned_{tuned['name']}.yaml").write_text(
-        header + f"defaults:\n  - /method/{tuned['name']}_schema@_here_\n  - _self_\n"
-        + (yaml.safe_dump(method_yaml, sort_keys=False) if method_yaml else ""))
+
+    config_text = tuned_config_text(cfg, tuned, payload["tuning"]["n_settings"])
+    (run_dir / f"tuned_{tuned['name']}.yaml").write_text(config_text)
     common.write_ranks_atomic(run_dir / "ranks.npz", ranks)
     common.write_json_atomic(run_dir / "results.json", payload)
     if cfg.export_dir is not None:
         export = Path(hydra.utils.to_absolute_path(cfg.export_dir)) / f"{tuned['name']}.yaml"
         export.parent.mkdir(parents=True, exist_ok=True)
-        export.write_text((run_dir / f"tuned_{tuned['name']}.yaml").read_text())
+        export.write_text(config_text)
         print(f"exported the chosen setting to {export}")
-    print(f"chosen on {cfg.tune_split} by {cfg.selection}: {payload['tuning']['chosen_dev']['settings']} "
-          f"(dev mean R@1 {payload['tuning']['chosen_dev']['mean_R@1']:.2f}, rsum {payload['tuning']['chosen_dev']['rsum']:.1f})")
+
+    chosen = payload["tuning"]["chosen_dev"]
+    print(f"chosen on {cfg.tune_split} by {cfg.selection}: {chosen['settings']} "
+          f"(dev mean R@1 {chosen['mean_R@1']:.2f}, rsum {chosen['rsum']:.1f})")
     print(common.format_table(payload["methods"], payload["protocol"], payload["split"]))
     print(f"results: {run_dir / 'results.json'}")
 
