@@ -1,24 +1,26 @@
 """NIA: neighbour information aggregation (Wo & Liang, J. South China Univ. of Technology, 2025).
 
-Each sample is described by its local neighbours (k nearest rows of an
-unlabelled pool) and its global neighbour expression (ridge coefficients over
-the whole pool); the two are fused into new features and the candidates are
-re-scored with them:
+Only the paper's abstract is public, so the design below is this package's
+reading of it. Each sample is described by its local neighbours (the k
+nearest rows of an unlabelled pool P, with weights c) and its global
+neighbour expression (ridge coefficients a over the whole pool). The two are
+fused and the candidates are re-scored:
 
 * ``form="neighbour"``: s_nia(q, g) = <phi(q), phi(g)>, both coded over the
   same pool (see :mod:`nia_jax.kernels.fusion` for phi);
 * ``form="embedding"``: s_nia(q, g) = <q, normalise(g + beta P^T phi(g))>;
 * ``form="none"``: no s_nia, for the hubness term alone.
 
-The final score is (1 - gamma) s(q, g) + gamma s_nia(q, g) - eta h(g), where
-the hubness term h(g) = (1 - w) <g, P^T c(g)> + w <g, P^T a(g)> measures how
-well g's own neighbour information over the pool reconstructs it: its local
-part is the mean similarity to its k nearest pool rows (NNN's and CSLS's
-hubness term when the weights are uniform), its global part the ridge
-leverage of g. Over the query bank it flags gallery items that many queries
-resemble (hubs) and pushes them down. With
-``pool="both"`` the two pools' s_nia are averaged (neighbour form) or their
-expressions averaged (embedding form).
+The final score is (1 - gamma) s(q, g) + gamma s_nia(q, g) - eta h(g). The
+hubness term h(g) = (1 - w) <g, P^T c(g)> + w <g, P^T a(g)> measures how well
+g's own neighbour information over the pool reconstructs g. Its local part is
+the weighted mean similarity to g's k nearest pool rows (NNN's and CSLS's
+hubness term when the weights are uniform). Its global part is the ridge
+leverage of g. Over the query bank, h flags gallery items that many queries
+resemble (hubs) and pushes them down.
+
+With ``pool="both"`` the two pools' s_nia and h are averaged, and the
+embedding form averages the two pools' expressions.
 """
 
 from __future__ import annotations
