@@ -60,12 +60,26 @@ def test_options_found():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes(group, option):
-    cfg = compose_rerank([f"{group}={option}"])
+    # The dev-tuned overlay of conf/tuned/ is dropped so the group's own file is what composes.
+    extra = ["~tuned@method"] if group == "method" else []
+    cfg = compose_rerank([f"{group}={option}", *extra])
     own_keys = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
     own_keys.pop("defaults", None)
 
+    composed = OmegaConf.to_container(cfg[group])  # keeps required (???) values as "???" instead of raising
     for key, value in own_keys.items():
-        assert cfg[group][key] == value, f"{group}.{key}"
+        assert composed[key] == value, f"{group}.{key}"
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "tuned").glob("*.yaml")))
+def test_tuned_overlay_applies(option):
+    cfg = compose_rerank([f"method={option}"])
+    tuned = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "tuned" / f"{option}.yaml"))
+    tuned.pop("defaults", None)
+
+    composed = OmegaConf.to_container(cfg.method)
+    for key, value in tuned.items():
+        assert composed[key] == value, f"method.{key}"
 
 
 @pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "method"])
