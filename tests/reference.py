@@ -49,7 +49,14 @@ def nia_feature(x, pool, k, weighting, tau, lam, w, self_index=-1):
     return normalise((1 - w) * l + w * a)
 
 
-def nia_scores(queries, gallery, pool, *, k, weighting, tau, lam, w, beta, gamma, form,
+def hubness(g, pool, k, weighting, tau, lam, w, self_index=-1):
+    """h(g) = (1 - w) <g, P^T c(g)> + w <g, P^T a(g)>, from dense weights and an explicit solve."""
+    c = local_weight_vector(g, pool, k, weighting, tau, self_index)
+    a = ridge_code(g, pool, lam, self_index)
+    return (1 - w) * (c @ (pool @ g)) + w * (g @ (pool.T @ a))
+
+
+def nia_scores(queries, gallery, pool, *, k, weighting, tau, lam, w, beta, gamma, form, eta=0.0,
                query_self=None, gallery_self=None):
     """Full (nq, ng) NIA scores over one pool, in float64."""
     queries, gallery, pool = normalise(queries), normalise(gallery), normalise(pool)
@@ -57,6 +64,9 @@ def nia_scores(queries, gallery, pool, *, k, weighting, tau, lam, w, beta, gamma
     query_self = np.full(nq, -1) if query_self is None else query_self
     gallery_self = np.full(ng, -1) if gallery_self is None else gallery_self
     base = queries @ gallery.T
+    hub = np.array([hubness(g, pool, k, weighting, tau, lam, w, s) for g, s in zip(gallery, gallery_self)])
+    if form == "none":
+        return base - eta * hub[None, :]
     gal_phi = np.stack([nia_feature(g, pool, k, weighting, tau, lam, w, s) for g, s in zip(gallery, gallery_self)])
     if form == "embedding":
         moved = normalise(gallery + beta * gal_phi @ pool)
@@ -64,7 +74,7 @@ def nia_scores(queries, gallery, pool, *, k, weighting, tau, lam, w, beta, gamma
     else:
         q_phi = np.stack([nia_feature(q, pool, k, weighting, tau, lam, w, s) for q, s in zip(queries, query_self)])
         nia = q_phi @ gal_phi.T
-    return (1 - gamma) * base + gamma * nia
+    return (1 - gamma) * base + gamma * nia - eta * hub[None, :]
 
 
 def nearest_rows(x, pool, k, self_index=-1):
@@ -77,7 +87,7 @@ def nearest_rows(x, pool, k, self_index=-1):
     return sims[order], np.asarray(order)
 
 
-def nia_scores_pools(queries, gallery, pools, *, k, weighting, tau, lam, w, beta, gamma, form):
+def nia_scores_pools(queries, gallery, pools, *, k, weighting, tau, lam, w, beta, gamma, form, eta=0.0):
     """Full (nq, ng) NIA scores when several pools are used (``pool="both"``), in float64.
 
     ``pools`` is a list of ``(pool, query_self, gallery_self)``. The neighbour
@@ -86,13 +96,20 @@ def nia_scores_pools(queries, gallery, pools, *, k, weighting, tau, lam, w, beta
     """
     queries, gallery = normalise(queries), normalise(gallery)
     settings = dict(k=k, weighting=weighting, tau=tau, lam=lam, w=w)
-    if form == "neighbour":
+    if form in ("neighbour", "none"):
+        # Both the scores and the hubness terms are averaged over the pools.
         scores = [
-            nia_scores(queries, gallery, pool, beta=beta, gamma=gamma, form=form,
+            nia_scores(queries, gallery, pool, beta=beta, gamma=gamma, form=form, eta=eta,
                        query_self=query_self, gallery_self=gallery_self, **settings)
             for pool, query_self, gallery_self in pools
         ]
         return np.mean(scores, axis=0)
+    hubs = []
+    for pool, _, gallery_self in pools:
+        pool = normalise(pool)
+        gallery_self = np.full(gallery.shape[0], -1) if gallery_self is None else gallery_self
+        hubs.append([hubness(g, pool, self_index=s, **settings) for g, s in zip(gallery, gallery_self)])
+    hub = np.mean(hubs, axis=0)
     expressions = []
     for pool, _, gallery_self in pools:
         pool = normalise(pool)
@@ -100,4 +117,4 @@ def nia_scores_pools(queries, gallery, pools, *, k, weighting, tau, lam, w, beta
         phi = np.stack([nia_feature(g, pool, self_index=s, **settings) for g, s in zip(gallery, gallery_self)])
         expressions.append(phi @ pool)
     moved = normalise(gallery + beta * np.mean(expressions, axis=0))
-    return (1 - gamma) * (queries @ gallery.T) + gamma * (queries @ moved.T)
+    return (1 - gamma) * (queries @ gallery.T) + gamma * (queries @ moved.T) - eta * hub[None, :]

@@ -24,7 +24,7 @@ from nia_jax.kernels.similarity import masked_top_k
 
 ATOL = 1e-5
 WEIGHTINGS = ("uniform", "softmax", "power")
-FORMS = ("neighbour", "embedding")
+FORMS = ("neighbour", "embedding", "none")
 # tau values per weighting. 0.01 is CLIP's logit scale: exp(s / 0.01) overflows float32.
 TAUS = {"uniform": (1.0,), "softmax": (0.01, 0.1), "power": (1.0, 3.0)}
 
@@ -71,7 +71,7 @@ def reference_pools(pool, transductive, q, g, qb, gb):
 
 def nia_settings(method: NIA) -> dict:
     """Return the reference keyword arguments of a NIA instance."""
-    names = ("k", "weighting", "tau", "lam", "w", "beta", "gamma", "form")
+    names = ("k", "weighting", "tau", "lam", "w", "beta", "gamma", "form", "eta")
     return {name: getattr(method, name) for name in names}
 
 
