@@ -7,6 +7,7 @@ they meet it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,20 +22,51 @@ from omegaconf import DictConfig, OmegaConf
 
 import nia_jax
 from nia_jax.data import coco500
-from nia_jax.data.task import RetrievalTask
+from nia_jax.data.external import EXTERNAL, EmbeddingFiles, load_external
+from nia_jax.data.task import FoldedTask, RetrievalTask
 from nia_jax.errors import ConfigError
 
 log = logging.getLogger("nia_jax.experiments")
+# JAX logs at INFO that it found no TPU on every start; Hydra shows INFO, so quieten it.
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
-DATASETS = ("coco500_clip_vitb16",)
+DATASETS = ("coco500_clip_vitb16",) + EXTERNAL
+# DatasetConfig keys that name user files; only the external data sets read them.
+FILE_KEYS = tuple(f.name for f in dataclasses.fields(EmbeddingFiles) if f.name not in ("dim", "norm_policy"))
 
 
-def load_tasks(cfg: DictConfig) -> dict[str, RetrievalTask]:
-    """Build the t2i and i2t tasks named by the dataset and protocol configs."""
+def load_tasks(cfg: DictConfig) -> dict[str, RetrievalTask | FoldedTask]:
+    """Build the t2i and i2t tasks named by the dataset and protocol configs.
+
+    coco1k gives a FoldedTask per direction; nia_jax.evaluate averages its folds.
+    """
     if cfg.dataset.name not in DATASETS:
         raise ConfigError(f"dataset.name: unknown data set {cfg.dataset.name!r}; available: {DATASETS}.")
-    return coco500.load_tasks(cfg.dataset.split, cfg.protocol.name, variant=cfg.dataset.variant,
-                              seed=cfg.dataset.seed)
+    if cfg.dataset.name == coco500.NAME:
+        set_keys = [k for k in FILE_KEYS if k in cfg.dataset.keys() and not OmegaConf.is_missing(cfg.dataset, k)
+                    and cfg.dataset[k] not in (None, False, [])]
+        if set_keys:
+            raise ConfigError(f"{coco500.NAME} ships its embeddings; {['dataset.' + k for k in set_keys]} apply to "
+                              f"the data sets {EXTERNAL}.")
+        return coco500.load_tasks(cfg.dataset.split, cfg.protocol.name, variant=cfg.dataset.variant,
+                                  seed=cfg.dataset.seed)
+    return load_external(cfg.dataset.name, embedding_files(cfg), cfg.protocol.name, split=cfg.dataset.split)
+
+
+def embedding_files(cfg: DictConfig) -> EmbeddingFiles:
+    """Turn the dataset and encoder configs into the library's EmbeddingFiles."""
+    missing = [k for k in FILE_KEYS if k in cfg.dataset.keys() and OmegaConf.is_missing(cfg.dataset, k)]
+    if missing:
+        raise ConfigError(
+            f"{cfg.dataset.name}: set {', '.join('dataset.' + k + '=PATH' for k in missing)} (your model's "
+            "embeddings), or set them to null and give dataset.similarity=PATH (a score matrix). See docs/datasets.md."
+        )
+    values = {k: cfg.dataset[k] for k in FILE_KEYS if k in cfg.dataset.keys()}
+    values["extended_metrics"] = tuple(values.get("extended_metrics") or ())
+    encoder = cfg.get("encoder") or {}
+    values["dim"] = encoder.get("dim")
+    values["norm_policy"] = "warn" if encoder.get("normalised", True) else "normalise"
+    return EmbeddingFiles(**values).resolve(encoder.get("embeddings_dir"))
 
 
 def make_method(method_cfg: DictConfig) -> nia_jax.Reranker:
@@ -46,16 +78,27 @@ def make_method(method_cfg: DictConfig) -> nia_jax.Reranker:
     return method
 
 
+def apply_search_options(cfg: DictConfig) -> None:
+    """Make the config's search options the defaults of every ``nia_jax.rerank`` call in this process."""
+    from nia_jax.ranking import set_search_defaults
+
+    set_search_defaults(gallery_block_size=cfg.gallery_block_size, search_backend=cfg.search_backend)
+
+
 def environment() -> dict[str, Any]:
     """Return versions, devices and the git commit, so a results file describes its run."""
     import jax
 
-    commit = None
+    commit, dirty = None, None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         root = Path(__file__).resolve().parent.parent
         done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=False)
         commit = done.stdout.strip() or None
+        if commit is not None:
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10, check=False)
+            dirty = bool(status.stdout.strip())
     return {
         "nia_jax": nia_jax.__version__,
         "jax": jax.__version__,
@@ -63,6 +106,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "devices": [str(d) for d in jax.devices()],
         "git_commit": commit,
+        "git_dirty": dirty,  # True when tracked files differed from the commit
     }
 
 
@@ -75,6 +119,10 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=2, sort_keys=False)
             handle.write("\n")
+        # mkstemp creates the file as 0600; give it the permissions of a normally created file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -149,6 +197,31 @@ def _multirun_job() -> tuple[str, int] | None:
     return "-".join(sweep_dir.parts[-2:]), int(hydra_cfg.job.num)
 
 
+# Extended ground-truth columns of format_extended_table: (results key, column title).
+EXTENDED_COLUMNS = (("eccv_mAP@R", "ECCV mAP@R"), ("eccv_R-Precision", "ECCV R-P"), ("eccv_R@1", "ECCV R@1"),
+                    ("cxc_R@1", "CxC R@1"), ("cxc_R@5", "CxC R@5"), ("cxc_R@10", "CxC R@10"))
+
+
+def format_extended_table(methods: dict[str, dict]) -> str:
+    """Return the ECCV Caption / CxC table and the fold note, or "" when the results have neither."""
+    lines = []
+    folds = {e[d].get("n_folds") for e in methods.values() for d in ("t2i", "i2t") if d in e} - {None}
+    if folds:
+        lines.append(f"metrics above: means over {max(folds)} folds (per-fold values under 'folds' in results.json)")
+    present = [(k, t) for k, t in EXTENDED_COLUMNS
+               if any(k in e.get(d, {}) for e in methods.values() for d in ("t2i", "i2t"))]
+    if present:
+        header = f"{'method':<16} {'dir':<4} " + " ".join(f"{t:>10}" for _, t in present)
+        lines += ["extended positives (ECCV Caption, CxC):", header, "-" * len(header)]
+        for name, entry in methods.items():
+            for direction in ("t2i", "i2t"):
+                if direction in entry:
+                    m = entry[direction]
+                    cells = " ".join(f"{m[k]:>10.1f}" if k in m else f"{'-':>10}" for k, _ in present)
+                    lines.append(f"{name:<16} {direction:<4} {cells}")
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> Iterator[Any]:
     """Open a W&B run as the logger config says (offline by default) and always finish it.
@@ -190,8 +263,10 @@ def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> 
         run = wandb.init(mode="offline", **init)
     try:
         yield run
-    finally:
-        run.finish()
+    except BaseException:
+        run.finish(exit_code=1)  # the run shows as failed in W&B
+        raise
+    run.finish()
 
 
 def log_metrics(run, methods: dict[str, dict]) -> None:

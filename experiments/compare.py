@@ -51,6 +51,7 @@ def selected_methods(cfg: DictConfig) -> dict[str, nia_jax.Reranker]:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Evaluate the selected methods on both directions; return results.json's content."""
+    common.apply_search_options(cfg)
     methods = selected_methods(cfg)
     tasks = common.load_tasks(cfg)
     entries, timing, ranks = {}, {}, {}
@@ -93,6 +94,11 @@ def main(cfg: DictConfig) -> None:
     common.write_ranks_atomic(run_dir / "ranks.npz", ranks)
     common.write_json_atomic(run_dir / "results.json", payload)
     print(common.format_table(payload["methods"], payload["protocol"], payload["split"]))
+    # --- coco5k/coco1k: ECCV Caption and CxC columns, fold note (prints nothing for other data sets)
+    extended = common.format_extended_table(payload["methods"])
+    if extended:
+        print(extended)
+    # ---
     print(f"results: {run_dir / 'results.json'}")
 
 

@@ -34,6 +34,7 @@ schema.register_schemas()
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Evaluate cosine and the configured method on both directions; return results.json's content."""
+    common.apply_search_options(cfg)
     method = common.make_method(cfg.method)
     tasks = common.load_tasks(cfg)
     methods = {"cosine": nia_jax.make_reranker("cosine")}
@@ -82,6 +83,11 @@ def main(cfg: DictConfig) -> float:
         sys.exit(1)
     common.write_json_atomic(run_dir / "results.json", payload)
     print(common.format_table(payload["methods"], payload["protocol"], payload["split"]))
+    # --- coco5k/coco1k: ECCV Caption and CxC columns, fold note (prints nothing for other data sets)
+    extended = common.format_extended_table(payload["methods"])
+    if extended:
+        print(extended)
+    # ---
     print(f"results: {run_dir / 'results.json'}")
     # The sweep objective: the re-ranked method's mean R@1 over t2i and i2t on the
     # configured split. The Optuna sweeper maximises it (conf/experiment/nia_optuna.yaml, on dev).

@@ -69,6 +69,7 @@ def selection_key(score: dict, selection: str) -> tuple:
 
 def run(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, dict]:
     """Search the grid on the tuning split and evaluate the winner on the evaluation split."""
+    common.apply_search_options(cfg)
     if cfg.selection not in SELECTIONS:
         raise ConfigError(f"selection: expected one of {sorted(SELECTIONS)}, got {cfg.selection!r}.")
     if cfg.tune_split == cfg.eval_split:

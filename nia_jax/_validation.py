@@ -155,8 +155,8 @@ def check_int(value, name: str, *, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InputError(f"{name}: expected an integer, got {value!r} ({type(value).__name__}).")
     if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise InputError(f"{name}: expected a value in {bound}, got {value}.")
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise InputError(f"{name}: expected a value {bound}, got {value}.")
     return int(value)
 
 

@@ -12,6 +12,12 @@ place in the final ranking.
   AP@R = (1/R) sum over positives at positions < R of
   (positives at or before it) / (position + 1).
 * R-Precision: (positives at positions < R) / R.
+
+R is the number of positives of the query. Extended ground truths (ECCV
+Caption) may list positives that are not in the gallery. ``n_positives`` then
+gives R, and those positives are never found, as in the ``eccv-caption``
+package. Metrics of folded tasks (COCO 1K) are the means of the per-fold
+metrics (:func:`fold_average`).
 """
 
 from __future__ import annotations
@@ -27,8 +33,14 @@ def best_rank(neg_above: np.ndarray) -> np.ndarray:
     return masked.min(axis=1)
 
 
-def per_query(neg_above: np.ndarray, position: np.ndarray) -> dict[str, np.ndarray]:
-    """Return per-query values (percentages for hits and precisions) keyed by metric name."""
+def per_query(neg_above: np.ndarray, position: np.ndarray, *, n_positives: np.ndarray | None = None
+              ) -> dict[str, np.ndarray]:
+    """Return per-query values (percentages for hits and precisions) keyed by metric name.
+
+    ``n_positives`` (nq,) overrides R, the positive count of each query, when
+    some listed positives are absent from the gallery. By default R counts the
+    valid entries of ``position``.
+    """
     neg_above = np.asarray(neg_above, dtype=np.int64)
     position = np.asarray(position, dtype=np.int64)
     rank = best_rank(neg_above)
@@ -36,7 +48,7 @@ def per_query(neg_above: np.ndarray, position: np.ndarray) -> dict[str, np.ndarr
     values["rank"] = rank + 1.0
 
     valid = position >= 0
-    n_pos = valid.sum(axis=1)
+    n_pos = valid.sum(axis=1) if n_positives is None else np.asarray(n_positives, dtype=np.int64)
     pos_sorted = np.sort(np.where(valid, position, np.iinfo(np.int64).max), axis=1)
     order = np.arange(1, position.shape[1] + 1)[None, :]
     within = (pos_sorted < n_pos[:, None]) & (order <= n_pos[:, None])
@@ -91,3 +103,53 @@ def paired_difference_ci(a: np.ndarray, b: np.ndarray, *, n_boot: int = 1000, se
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
     return float(diff.mean()), low, high
+
+
+def extended_summary(prefix: str, neg_above: np.ndarray, position: np.ndarray, names, *,
+                     n_positives: np.ndarray | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Return (``{prefix_metric: mean}``, ``{prefix_metric: per-query values}``) for an extra ground truth.
+
+    ``names`` picks the metrics (keys of :func:`per_query`, for example
+    ``R@1`` or ``mAP@R``); ``<prefix>_n_queries`` counts the covered queries.
+    """
+    values = per_query(neg_above, position, n_positives=n_positives)
+    means = {f"{prefix}_{name}": round(float(values[name].mean()), 4) for name in names}
+    means[f"{prefix}_n_queries"] = int(values["rank"].size)
+    return means, {f"{prefix}_{name}": values[name] for name in names}
+
+
+def fold_average(fold_metrics: list[dict], fold_values: list[dict[str, np.ndarray]], *, n_boot: int = 1000,
+                 seed: int = 0) -> dict:
+    """Average the metrics of several folds (COCO 1K protocol).
+
+    Every numeric metric is the mean of its per-fold values (``medr`` too, as
+    in the usual 1K protocol). ``n_queries`` and ``*_n_queries`` are summed,
+    and ``rsum`` is the sum of the averaged recalls. The 95% intervals come from a
+    bootstrap that resamples queries within each fold and averages the fold
+    means, so they match the averaged statistic. ``folds`` keeps the per-fold
+    metrics (without intervals).
+    """
+    out: dict = {}
+    keys = [k for k, v in fold_metrics[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for key in keys:
+        column = [m[key] for m in fold_metrics]
+        if key == "n_queries" or key.endswith("_n_queries"):
+            out[key] = int(sum(column))
+        elif key == "rsum":
+            continue
+        else:
+            out[key] = round(float(np.mean(column)), 4)
+    out["rsum"] = round(sum(out[f"R@{k}"] for k in RECALL_KS), 4)
+    out["n_folds"] = len(fold_metrics)
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        for name in [f"R@{k}" for k in RECALL_KS] + ["mAP@R", "R-Precision"]:
+            stats = np.zeros(n_boot)
+            for values in fold_values:
+                v = np.asarray(values[name], dtype=np.float64)
+                stats += v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+            stats /= len(fold_values)
+            low, high = np.quantile(stats, [0.025, 0.975])
+            out[f"{name}_ci95"] = [round(float(low), 4), round(float(high), 4)]
+    out["folds"] = [{k: v for k, v in m.items() if not k.endswith("_ci95")} for m in fold_metrics]
+    return out

@@ -1,25 +1,41 @@
-"""Loading user embedding and ground-truth files, with checks at the boundary.
+"""Loading user embedding, score and ground-truth files, with checks at the boundary.
 
 Arrays are read with ``allow_pickle=False`` everywhere: a file holding Python
 objects is rejected, never unpickled.
+
+Formats: ``.npy`` (optionally memory-mapped), ``.npz`` and ``.safetensors``
+(the optional ``safetensors`` package) holding float32, float16 or bfloat16
+arrays. NumPy has no bfloat16 type of its own: a ``.npy`` written from a
+JAX or ``ml_dtypes`` bfloat16 array stores 2-byte void items, which are read
+back as bfloat16.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from nia_jax._validation import NormPolicy, as_embeddings
 from nia_jax.errors import InputError
 
-EMBEDDING_SUFFIXES = (".npy", ".npz")
+logger = logging.getLogger(__name__)
+
+EMBEDDING_SUFFIXES = (".npy", ".npz", ".safetensors")
+# Rows checked per chunk when validating a memory-mapped array.
+CHUNK_ROWS = 16384
 
 
-def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
-    """Read one array from a ``.npy`` file or one key of an ``.npz`` file.
+def load_array(path: str | Path, key: str | None = None, *, mmap: bool = False) -> np.ndarray:
+    """Read one array from a ``.npy`` file, or one key of an ``.npz`` or ``.safetensors`` file.
+
+    With ``mmap=True`` a ``.npy`` file is memory-mapped read-only
+    (``mmap_mode="r"``): rows are read from disk when used. ``.npz`` and
+    ``.safetensors`` arrays are always read into memory.
 
     Raises InputError when the file is missing, has another suffix, is
     truncated, holds pickled objects, or lacks ``key``.
@@ -30,20 +46,19 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix not in EMBEDDING_SUFFIXES:
         raise InputError(f"{path}: unsupported file type {suffix!r}; expected one of {EMBEDDING_SUFFIXES}.")
+    if mmap and suffix != ".npy":
+        logger.info("%s: only .npy files can be memory-mapped; reading it into memory.", path)
     try:
         if suffix == ".npy":
             if key is not None:
                 raise InputError(f"{path}: a .npy file holds one array, so key={key!r} cannot apply. Drop the key.")
-            return np.load(path, allow_pickle=False)
+            return _bfloat16_view(np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False), path)
+        if suffix == ".safetensors":
+            return _load_safetensors(path, key)
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.keys())
-            if key is None:
-                if len(names) != 1:
-                    raise InputError(f"{path}: holds arrays {names}; name the one to use with a key.")
-                key = names[0]
-            if key not in names:
-                raise InputError(f"{path}: no array named {key!r}; the file holds {names}.")
-            return archive[key]
+            key = _pick_key(path, names, key)
+            return _bfloat16_view(archive[key], path)
     except InputError:
         raise
     except ValueError as exc:
@@ -57,11 +72,151 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
         raise InputError(f"{path}: cannot be read ({exc}). It may be truncated or not a NumPy file; save it again.") from exc
 
 
+def _pick_key(path: Path, names: list[str], key: str | None) -> str:
+    """Return the array name to read from a multi-array file, or raise InputError."""
+    if key is None:
+        if len(names) != 1:
+            raise InputError(f"{path}: holds arrays {names}; name the one to use with a key.")
+        return names[0]
+    if key not in names:
+        raise InputError(f"{path}: no array named {key!r}; the file holds {names}.")
+    return key
+
+
+def _bfloat16_view(array: np.ndarray, path: Path) -> np.ndarray:
+    """Reinterpret the 2-byte void items NumPy writes for bfloat16 arrays as bfloat16."""
+    if array.dtype.kind == "V" and array.dtype.itemsize == 2 and array.dtype.names is None:
+        logger.info("%s: 2-byte items without a NumPy type; reading them as bfloat16.", path)
+        return array.view(ml_dtypes.bfloat16)
+    return array
+
+
+def _load_safetensors(path: Path, key: str | None) -> np.ndarray:
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:
+        raise InputError(
+            f"{path}: reading .safetensors files needs the optional safetensors package: "
+            "pip install 'nia_jax[safetensors]', or save the array as .npy."
+        ) from exc
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            names = list(handle.keys())
+            return handle.get_tensor(_pick_key(path, names, key))
+    except InputError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError (not exported in every version).
+        raise InputError(
+            f"{path}: not a readable safetensors file ({exc}). It may be truncated; save it again."
+        ) from exc
+
+
 def load_embeddings(path: str | Path, key: str | None = None, *, dim: int | None = None,
-                    norm_policy: NormPolicy = "warn") -> np.ndarray:
-    """Load and validate an embedding matrix (n, d) as unit-norm float32 rows."""
-    return as_embeddings(load_array(path, key), str(path) + (f"[{key}]" if key else ""), dim=dim,
-                         norm_policy=norm_policy)
+                    norm_policy: NormPolicy = "warn", mmap: bool = False) -> np.ndarray:
+    """Load and validate an embedding matrix (n, d).
+
+    Without ``mmap`` the result is a new float32 array of unit-norm rows. With
+    ``mmap=True`` (``.npy`` only) the file is checked in chunks of
+    ``CHUNK_ROWS`` rows and returned still memory-mapped, in its stored dtype.
+    Rows are then copied (to float32, normalised) only when a task is built
+    from them, so a fold or subset copies only its own rows.
+    """
+    name = str(path) + (f"[{key}]" if key else "")
+    array = load_array(path, key, mmap=mmap)
+    if isinstance(array, np.memmap):
+        check_rows(array, name, dim=dim, norm_policy=norm_policy)
+        return array
+    return as_embeddings(array, name, dim=dim, norm_policy=norm_policy)
+
+
+def check_rows(array: np.ndarray, name: str, *, dim: int | None = None, norm_policy: NormPolicy = "warn",
+               chunk_rows: int = CHUNK_ROWS) -> None:
+    """Check an embedding matrix chunk by chunk, without copying it whole.
+
+    Applies the checks of :func:`nia_jax._validation.as_embeddings` (2-D,
+    numeric, finite, no zero rows, dimension, norms) to ``chunk_rows`` rows at
+    a time. Raises InputError on the first failure.
+    """
+    if array.ndim != 2:
+        raise InputError(f"{name}: expected a 2-D array (n, d) of embeddings, got shape {array.shape}.")
+    n_off, low, high = 0, np.inf, -np.inf
+    for start in range(0, max(array.shape[0], 1), chunk_rows):
+        rows = np.asarray(array[start:start + chunk_rows])
+        if start == 0:
+            # The first chunk runs the full checks (dtype, dimension, empty input).
+            as_embeddings(rows, name, dim=dim, norm_policy="normalise")
+        bad = ~np.isfinite(rows.astype(np.float32)).all(axis=1)
+        if bad.any():
+            raise InputError(f"{name}: row {start + int(np.flatnonzero(bad)[0])} contains NaN or Inf. "
+                             "Re-encode it, for example in float32 instead of float16.")
+        norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+        if (norms == 0).any():
+            raise InputError(f"{name}: row {start + int(np.flatnonzero(norms == 0)[0])} is all zeros; "
+                             "a zero embedding has no direction. Remove or re-encode it.")
+        off = np.abs(norms - 1.0) > 1e-2
+        n_off += int(off.sum())
+        low, high = min(low, norms.min()), max(high, norms.max())
+    if n_off:
+        message = f"{name}: {n_off} of {array.shape[0]} rows are not unit-norm (norms from {low:.4g} to {high:.4g})"
+        if norm_policy == "reject":
+            raise InputError(message + ". L2-normalise them or allow normalisation.")
+        if norm_policy == "warn":
+            logger.warning("%s; they are normalised when used.", message)
+
+
+def load_scores(path: str | Path, key: str | None = None, *, mmap: bool = False,
+                chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """Load a precomputed similarity matrix (nq, ng), checked in chunks.
+
+    The array keeps its stored dtype (float16 and bfloat16 are converted to
+    float32 block by block when scored); with ``mmap=True`` a ``.npy`` stays
+    memory-mapped. Every entry must be finite: give unscored pairs a large
+    negative score instead of -inf.
+    """
+    name = str(path) + (f"[{key}]" if key else "")
+    array = load_array(path, key, mmap=mmap)
+    if array.ndim != 2 or 0 in array.shape:
+        raise InputError(f"{name}: expected a 2-D score matrix (queries, gallery), got shape {array.shape}.")
+    if not (np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"):
+        raise InputError(f"{name}: expected floating-point scores, got dtype {array.dtype}.")
+    for start in range(0, array.shape[0], chunk_rows):
+        rows = np.asarray(array[start:start + chunk_rows]).astype(np.float32)
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            raise InputError(f"{name}: row {start + int(np.flatnonzero(bad)[0])} contains NaN or Inf scores. "
+                             "Give unscored pairs a large negative finite score, for example -100.")
+    return array
+
+
+def load_ids(path: str | Path) -> np.ndarray:
+    """Load one id per row: a text file (one a line), a JSON list, or a 1-D ``.npy``.
+
+    Returns int64 ids when every id is an integer, otherwise strings.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: id file not found.")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        ids = load_array(path)
+    elif suffix == ".json":
+        try:
+            ids = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: invalid JSON ({exc}).") from exc
+        if not isinstance(ids, list):
+            raise InputError(f"{path}: expected a JSON list with one id per row, got {type(ids).__name__}.")
+    else:
+        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise InputError(f"{path}: expected one id per row (a 1-D list), got shape {ids.shape}.")
+    if np.issubdtype(ids.dtype, np.integer):
+        return ids.astype(np.int64)
+    strings = ids.astype(str)
+    if all(s.lstrip("-").isdigit() for s in strings):
+        return strings.astype(np.int64)
+    return strings
 
 
 def load_positives(path: str | Path) -> list[np.ndarray]:
