@@ -110,6 +110,31 @@ def environment() -> dict[str, Any]:
     }
 
 
+def fail_run(exc: Exception) -> None:
+    """Log a NiaError as one line and end the job with exit status 1.
+
+    In a multirun the error is re-raised instead: Hydra records an ordinary
+    exception as that job's failure and runs the remaining jobs, whereas
+    SystemExit is not caught per job and would end the whole sweep.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    log.error("%s", exc)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise exc
+    sys.exit(1)
+
+
+def print_results(payload: dict, run_dir: Path) -> None:
+    """Print the metric table, the ECCV Caption / CxC table where present, and the results path."""
+    print(format_table(payload["methods"], payload["protocol"], payload["split"]))
+    extended = format_extended_table(payload["methods"])
+    if extended:
+        print(extended)
+    print(f"results: {run_dir / 'results.json'}")
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON to a temporary file in the same folder, then rename it into place."""
     path = Path(path)

@@ -89,17 +89,10 @@ def main(cfg: DictConfig) -> None:
     try:
         ranks, payload = run(cfg, run_dir)
     except NiaError as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+        common.fail_run(exc)
     common.write_ranks_atomic(run_dir / "ranks.npz", ranks)
     common.write_json_atomic(run_dir / "results.json", payload)
-    print(common.format_table(payload["methods"], payload["protocol"], payload["split"]))
-    # --- coco5k/coco1k: ECCV Caption and CxC columns, fold note (prints nothing for other data sets)
-    extended = common.format_extended_table(payload["methods"])
-    if extended:
-        print(extended)
-    # ---
-    print(f"results: {run_dir / 'results.json'}")
+    common.print_results(payload, run_dir)
 
 
 if __name__ == "__main__":

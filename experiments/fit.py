@@ -30,7 +30,6 @@ experiments/report_fit.py renders the comparison as Markdown.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
@@ -241,8 +240,7 @@ def main(cfg: DictConfig) -> None:
         try:
             payload, ranks = run(cfg, run_dir, wb)
         except NiaError as exc:
-            log.error("%s", exc)
-            sys.exit(1)
+            common.fail_run(exc)
         common.log_metrics(wb, payload["methods"])
         if wb is not None:
             for name in ("fitted", "grid"):

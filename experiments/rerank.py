@@ -17,7 +17,6 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,21 +73,9 @@ def main(cfg: DictConfig) -> float:
     try:
         payload = run(cfg, run_dir)
     except NiaError as exc:
-        log.error("%s", exc)
-        # Multirun: re-raise instead of sys.exit. Hydra records an ordinary exception as
-        # this job's failure and runs the remaining jobs; SystemExit is not caught per
-        # job, so it would end the whole sweep here. See docs/experiments.md.
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        sys.exit(1)
+        common.fail_run(exc)
     common.write_json_atomic(run_dir / "results.json", payload)
-    print(common.format_table(payload["methods"], payload["protocol"], payload["split"]))
-    # --- coco5k/coco1k: ECCV Caption and CxC columns, fold note (prints nothing for other data sets)
-    extended = common.format_extended_table(payload["methods"])
-    if extended:
-        print(extended)
-    # ---
-    print(f"results: {run_dir / 'results.json'}")
+    common.print_results(payload, run_dir)
     # The sweep objective: the re-ranked method's mean R@1 over t2i and i2t on the
     # configured split. The Optuna sweeper maximises it (conf/experiment/nia_optuna.yaml, on dev).
     return common.mean_r1(payload["methods"][cfg.method.name])

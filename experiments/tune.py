@@ -151,8 +151,7 @@ def main(cfg: DictConfig) -> None:
     try:
         payload, tuned, ranks = run(cfg, run_dir)
     except NiaError as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+        common.fail_run(exc)
 
     tags = [f"method:{tuned['name']}", f"dataset:{cfg.dataset.name}", f"protocol:{cfg.protocol.name}",
             f"split:{cfg.eval_split}"]
