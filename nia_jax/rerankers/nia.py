@@ -47,6 +47,11 @@ FORMS = ("neighbour", "embedding", "none")
 class NIA(Reranker):
     """NIA re-ranker settings.
 
+    The defaults are the setting chosen on the dev split of the embedded COCO
+    500 CLIP set (experiments/tune.py, grid conf/grid/nia.yaml): the hubness
+    form with uniform weights, k = 1, lam = 10, w = 0.5 and eta = 0.75. NIA has
+    no published defaults, since only its abstract is public.
+
     Attributes:
       k: local neighbours per sample (static).
       weighting: local weights, ``uniform``, ``softmax`` (temperature tau) or
@@ -68,17 +73,17 @@ class NIA(Reranker):
     # The pools it needs depend on ``pool``; ``validate`` checks them.
     traced = ("tau", "lam", "w", "beta", "gamma", "eta")
 
-    k: int = 10
-    weighting: Literal["uniform", "softmax", "power"] = "softmax"
+    k: int = 1
+    weighting: Literal["uniform", "softmax", "power"] = "uniform"
     pool: Literal["query_bank", "gallery_bank", "both"] = "query_bank"
-    form: Literal["neighbour", "embedding"] = "neighbour"
+    form: Literal["neighbour", "embedding", "none"] = "none"
     leave_one_out: bool = True
     tau: float | None = 0.05
-    lam: float | None = 1.0
+    lam: float | None = 10.0
     w: float | None = 0.5
     beta: float | None = 0.0
     gamma: float | None = 0.5
-    eta: float | None = 0.0
+    eta: float | None = 0.75
 
     def validate(self, pools: Pools | None = None, n_gallery: int | None = None) -> None:
         choice_setting(self.weighting, "nia.weighting", WEIGHTINGS)
@@ -98,7 +103,7 @@ class NIA(Reranker):
             if bank is None:
                 raise ConfigError(
                     f"nia.pool={self.pool!r} needs a {name.replace('_', ' ')}, but the task has none. "
-                    "Provide one or choose another pool."
+                    f"Pass {name}=... to rerank, use transductive=True, or choose another pool."
                 )
             # A member sample loses its own row, so k + 1 rows are needed then.
             if self.k > bank.shape[0] - 1:
@@ -110,24 +115,26 @@ class NIA(Reranker):
     @staticmethod
     def prepare(static: "NIA", hp, pools: Pools):
         state = {}
-        for name in _pool_names(static.pool):
+        names = _pool_names(static.pool)
+        for name in names:
             bank = getattr(pools, name)
             factor = ridge_factor(bank, hp["lam"])
+            # Only a gallery-bank pool can contain gallery items; None tells the kernels so.
             self_index = pools.gallery_self if (name == "gallery_bank" and static.leave_one_out) else None
-            if self_index is None:
-                self_index = jnp.full((pools.gallery.shape[0],), -1, dtype=jnp.int32)
             code = fusion.encode(
                 pools.gallery, self_index, bank, factor,
                 k=static.k, weighting=static.weighting, tau=hp["tau"], w=hp["w"],
             )
-            entry = {"factor": factor, "gallery_code": code}
+            # The hubness term needs only two numbers per item; the scores keep what they read.
+            entry = {"hubness": fusion.hubness(code, hp["w"])}
+            if static.form == "neighbour":
+                entry.update(factor=factor, gallery_code=code)
             if static.form == "embedding":
                 entry["expression"] = fusion.neighbour_expression(pools.gallery, code, bank, factor, hp["w"])
             state[name] = entry
-        names = _pool_names(static.pool)
-        state["hubness"] = sum(fusion.hubness(state[n]["gallery_code"], hp["w"]) for n in names) / len(names)
+        state["hubness"] = sum(state[n].pop("hubness") for n in names) / len(names)
         if static.form == "embedding":
-            mean_expression = sum(state[n]["expression"] for n in names) / len(names)
+            mean_expression = sum(state[n].pop("expression") for n in names) / len(names)
             state["moved_gallery"] = fusion.embedding_space_features(pools.gallery, mean_expression, hp["beta"])
         return state
 
@@ -147,14 +154,14 @@ class NIA(Reranker):
             bank = getattr(pools, name)
             entry = state[name]
             member = name == "query_bank" and static.leave_one_out
-            self_index = query_self if member else jnp.full_like(query_self, -1)
+            # The whole block at once: the query block size already bounds memory, and
+            # row blocks inside it would change the last bits with the block size.
             q_code = fusion.encode(
-                queries, self_index, bank, entry["factor"],
-                k=static.k, weighting=static.weighting, tau=hp["tau"], w=hp["w"],
+                queries, query_self if member else None, bank, entry["factor"],
+                k=static.k, weighting=static.weighting, tau=hp["tau"], w=hp["w"], row_block=queries.shape[0],
             )
-            g_code = jax.tree.map(lambda leaf: leaf[candidates], entry["gallery_code"])
-            per_query = jax.vmap(fusion.neighbour_space_scores, in_axes=(0, 0, 0, 0, None, None))
-            total = total + per_query(queries, q_code, pools.gallery[candidates], g_code, entry["factor"], hp["w"])
+            total = total + fusion.neighbour_space_scores(
+                queries, q_code, candidates, pools.gallery, entry["gallery_code"], entry["factor"], hp["w"])
         return fusion.mix_scores(base, total / len(names), hp["gamma"]) - penalty
 
 
