@@ -1,7 +1,7 @@
 """Shared parts of the Hydra runners: data, W&B, results files and tables.
 
-The library (``nia_jax``) knows nothing of Hydra or W&B; this module is where
-they meet it.
+The library (``nia_jax``) imports neither Hydra nor W&B, so this module connects
+them to it.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def format_extended_table(methods: dict[str, dict]) -> str:
 
 @contextlib.contextmanager
 def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> Iterator[Any]:
-    """Open a W&B run as the logger config says (offline by default) and always finish it.
+    """Open a W&B run as the logger config sets it (offline by default) and always finish it.
 
     Yields None when ``logger.name`` is ``none``. In online mode an
     unreachable server makes ``wandb.init`` fail after ``logger.init_timeout``

@@ -22,7 +22,7 @@ from nia_jax.rerankers.base import reranker_class
 
 @dataclass
 class DatasetConfig:
-    """Which embeddings and which split are evaluated.
+    """The embeddings and the split that a run evaluates.
 
     ``coco500_clip_vitb16`` ships its embeddings and uses only name, variant,
     split and seed. The other data sets (coco5k, coco1k, f30k1k, custom) read

@@ -10,7 +10,7 @@ is evaluated once on the test split beside cosine. rsum is the usual
 model-selection figure in image-text retrieval, and ``selection=mean_r1``
 ranks by mean R@1 instead.
 results.json records the grid, every dev score, the chosen values and the
-test metrics; tuned_<method>.yaml holds the chosen values as a method config.
+test metrics; tuned_<method>.yaml contains the chosen values as a method config.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def load_array(path: str | Path, key: str | None = None, *, mmap: bool = False) 
     try:
         if suffix == ".npy":
             if key is not None:
-                raise InputError(f"{path}: a .npy file holds one array, so key={key!r} cannot apply. Drop the key.")
+                raise InputError(f"{path}: a .npy file contains one array, so key={key!r} cannot apply. Drop the key.")
             return _bfloat16_view(np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False), path)
         if suffix == ".safetensors":
             return _load_safetensors(path, key)
@@ -64,7 +64,7 @@ def load_array(path: str | Path, key: str | None = None, *, mmap: bool = False) 
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise InputError(
-                f"{path}: holds Python objects (a pickled array), which are never loaded. "
+                f"{path}: contains Python objects (a pickled array), which are never loaded. "
                 "Save a numeric array instead, for example np.save(path, emb.astype(np.float32))."
             ) from exc
         raise InputError(f"{path}: not a valid NumPy array file ({exc}). It may be truncated; save it again.") from exc
@@ -76,10 +76,10 @@ def _pick_key(path: Path, names: list[str], key: str | None) -> str:
     """Return the array name to read from a multi-array file, or raise InputError."""
     if key is None:
         if len(names) != 1:
-            raise InputError(f"{path}: holds arrays {names}; name the one to use with a key.")
+            raise InputError(f"{path}: contains arrays {names}; name the one to use with a key.")
         return names[0]
     if key not in names:
-        raise InputError(f"{path}: no array named {key!r}; the file holds {names}.")
+        raise InputError(f"{path}: no array named {key!r}; the file contains {names}.")
     return key
 
 

@@ -119,7 +119,7 @@ class NIA(Reranker):
         for name in names:
             bank = getattr(pools, name)
             factor = ridge_factor(bank, hp["lam"])
-            # Only a gallery-bank pool can contain gallery items; None tells the kernels so.
+            # Only a gallery-bank pool can contain gallery items; None marks that no gallery item is a pool member.
             self_index = pools.gallery_self if (name == "gallery_bank" and static.leave_one_out) else None
             code = fusion.encode(
                 pools.gallery, self_index, bank, factor,
