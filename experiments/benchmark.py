@@ -7,8 +7,8 @@
 Per case (conf/benchmark.yaml) it times, as the median of ``repeats`` runs
 after one run that compiles:
 
-* ``gemm_numpy_s`` / ``gemm_jax_s``: the bare similarity products, in the
-  same query and gallery blocks as the search, results discarded;
+* ``gemm_numpy_s`` / ``gemm_jax_s``: the bare similarity products over the
+  same query and gallery blocks as the search, results discarded.
   ``gemm_floor_s`` is the faster of the two;
 * ``topk_jax_s``: :func:`nia_jax.search.search` with the JAX backend (a
   memory-mapped gallery is streamed from disk); ``topk_faiss_s``: faiss
@@ -74,7 +74,7 @@ class CaseConfig:
     n_bank: int = 5000
     dim: int = 512
     memmap: bool = False  # write the gallery to a .npy file and pass the np.memmap
-    repeats: int = 3
+    repeats: int = 3  # timed runs after the compiling one; 0 times the compiling run, less its compilation
     block_size: int = 1024
     gallery_block_size: Optional[int] = None
     skip: dict[str, str] = field(default_factory=dict)
@@ -153,7 +153,7 @@ def measure(run: Callable[[], Any], repeats: int, max_repeat_s: float, clock: Co
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    compile_s += clock.reset()  # should stay 0: a recompilation here would be a bug
+    compile_s += clock.reset()  # stays 0 unless a timed run recompiled, which would be a bug
     return {"seconds": statistics.median(times), "compile_s": compile_s, "runs": repeats}
 
 

@@ -1,10 +1,10 @@
 """NIA in plain vectorised NumPy (float32, one query block at a time), the benchmark's baseline.
 
 It computes what :class:`nia_jax.NIA` computes for an inductive run (no
-sample is a pool member) with the ``none`` and ``neighbour`` forms, the way
-one would write it without JAX: BLAS products, ``argpartition`` for the
-top-K and the local neighbours, and fancy indexing for the candidates. The
-benchmark checks that its scores match the library's.
+sample is a pool member) with the ``none`` and ``neighbour`` forms. It is
+written the way one would without JAX: BLAS products, ``argpartition`` for
+the top-K and the local neighbours, and fancy indexing for the candidates.
+The benchmark checks that its scores match the library's.
 """
 
 from __future__ import annotations

@@ -119,14 +119,10 @@ def _score_local(static: Reranker, hp, state, pools: Pools, queries, query_self,
                  positive_score, above):
     """Re-score one block of queries and place its positives (one device's rows)."""
     new = static.score(static, hp, state, pools, queries, query_self, candidates, base)
-    # lax.top_k puts the earlier candidate first among equal new scores, so ties keep
-    # cosine order, as a stable argsort of -new would (and it is faster on CPU).
-    _, order_in_top = jax.lax.top_k(new, new.shape[1])
-    order = jnp.take_along_axis(candidates, order_in_top, axis=1)
     if positives is None:
-        return new, order, None, None
+        return new, None, None
     neg_above, position = jax.vmap(_positions_one)(candidates, base, new, positives, positive_score, above)
-    return new, order, neg_above, position
+    return new, neg_above, position
 
 
 @functools.partial(jax.jit, static_argnames=("static", "mesh"))
@@ -138,7 +134,7 @@ def _score_block(static: Reranker, hp, state, pools: Pools, queries, query_self,
     if mesh is None:
         return score(*args)
     q, rep = P(QUERY_AXIS), P()
-    mapped = jax.shard_map(score, mesh=mesh, in_specs=(rep, rep, rep) + (q,) * 7, out_specs=(q, q, q, q),
+    mapped = jax.shard_map(score, mesh=mesh, in_specs=(rep, rep, rep) + (q,) * 7, out_specs=(q, q, q),
                            check_vma=False)
     return mapped(*args)
 
@@ -253,7 +249,8 @@ def rerank(
         query_self = np.full(n_queries, -1, dtype=np.int32)
         gallery_self = np.full(n_gallery, -1, dtype=np.int32)
     if method.transductive and not transductive:
-        logger.info("%s normalises over the evaluated queries: its results are transductive.", method.name)
+        logger.info("%s is designed to normalise over the evaluated queries; under the inductive "
+                    "protocol it uses the query bank in their place.", method.name)
     pools = Pools(
         gallery=jnp.asarray(g),
         query_bank=None if qb is None else jnp.asarray(qb),
@@ -294,11 +291,15 @@ def rerank(
             base, candidates, positive_score, above = jax.block_until_ready(searcher.block(q_block, pos_block))
         search_s += time.perf_counter() - tick
         self_block = split(pad_rows(jnp.asarray(query_self[lo:hi]), rows, fill=-1))
-        new, order, neg_above, position = _score_block(
+        new, neg_above, position = _score_block(
             static, hp, state, score_pools, q_block, self_block, candidates, base, pos_block, positive_score, above,
             mesh=mesh)
-        result = (candidates, new, base, order, neg_above, position)
-        outputs.append(tuple(None if leaf is None else to_host(leaf)[: hi - lo] for leaf in result))
+        block_candidates, new, block_base, neg_above, position = (
+            None if leaf is None else to_host(leaf)[: hi - lo] for leaf in (candidates, new, base, neg_above, position))
+        # A stable sort keeps cosine order among equal new scores. NumPy sorts these short
+        # rows about three times faster than XLA:CPU's sort or lax.top_k.
+        order = np.take_along_axis(block_candidates, np.argsort(-new, axis=1, kind="stable"), axis=1)
+        outputs.append((block_candidates, new, block_base, order, neg_above, position))
         if on_block is not None:
             on_block(hi, n_queries)
     score_s = time.perf_counter() - start

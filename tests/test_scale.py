@@ -107,8 +107,8 @@ def test_search_ties_go_to_the_lower_index(case):
 
 
 def test_encode_row_blocks_assemble_every_row(case):
-    # The engine fixes row_block (the gallery in prepare) or codes a query block at once,
-    # so row blocks never change its results; here they only have to put every row in place.
+    # The engine fixes row_block for the gallery and codes a query block at once, so row
+    # blocks never change its results. Here they only have to put every row in place.
     factor = ridge_factor(case["query_bank"], 0.5)
     settings = dict(k=3, weighting="softmax", tau=0.1, w=0.5)
     whole = fusion.encode(case["gallery"], None, case["query_bank"], factor, row_block=NG, **settings)
@@ -181,7 +181,8 @@ def test_faiss_backend_matches_jax(case):
         kth = np.sort(sims[i])[::-1][TOP_K - 1]
         # Items clearly above the K-th score are found by both; ties may swap places.
         clear = set(np.flatnonzero(sims[i] > kth + 1e-5))
-        assert clear <= set(faiss_found.candidates[i]) and clear <= set(jax_found.candidates[i]), i
+        assert clear <= set(faiss_found.candidates[i]), i
+        assert clear <= set(jax_found.candidates[i]), i
         assert set(faiss_found.candidates[i]) - set(jax_found.candidates[i]) <= set(
             np.flatnonzero(np.abs(sims[i] - kth) <= 1e-5)), i
 

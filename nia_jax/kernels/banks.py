@@ -80,9 +80,16 @@ def row_neighbour_mean(
     The weights are max(s_j, 0) / sum_i max(s_i, 0) over the k neighbours
     (uniform when every s_j <= 0), the ``power`` weighting with exponent 1.
     """
-    values, index = row_top_k(x, bank, k, exclude)
-    weights = jax.vmap(lambda s: local_weights(s, "power", 1.0))(values)
-    return jnp.einsum("nk,nkd->nd", weights, bank[index], precision=jax.lax.Precision.HIGHEST)
+    exclude = _no_exclusion(x.shape[0]) if exclude is None else exclude
+
+    def one(args):
+        # Per row block, so the (rows, k, d) neighbour rows exist ROW_BLOCK rows at a time.
+        row, own = args
+        values, index = jax.lax.top_k(_masked_row(row, bank, own), k)
+        weights = local_weights(values, "power", 1.0)
+        return jnp.einsum("k,kd->d", weights, bank[index], precision=jax.lax.Precision.HIGHEST)
+
+    return jax.lax.map(one, (x, exclude), batch_size=ROW_BLOCK)
 
 
 def normalise_rows(x: Float[Array, "n d"]) -> Float[Array, "n d"]:
