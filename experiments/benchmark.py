@@ -88,7 +88,7 @@ class BenchmarkConfig:
     cases: dict[str, CaseConfig] = field(default_factory=dict)
     case: str = "all"
     top_k: int = 100
-    search_backend: str = "auto"
+    search_backend: str = "jax"
     seed: int = 0
     cache_dir: str = "outputs/benchmark_cache"
     docs: Optional[str] = "docs/benchmarks.md"
@@ -236,7 +236,7 @@ def run_case(name: str, case: CaseConfig, cfg: DictConfig, clock: CompileClock, 
     device_gallery = jnp.asarray(gallery)
     source = gallery_file if case.memmap else device_gallery
     timed("topk_jax", lambda: search.search(queries, source, k, block_size=case.block_size,
-                                            gallery_block_size=case.gallery_block_size))
+                                            gallery_block_size=case.gallery_block_size, backend="jax"))
     if search.faiss_available():
         # The same source as the default path: the file for a memory-mapped case.
         timed("topk_faiss", lambda: search.search(queries, gallery_file, k, block_size=case.block_size,
@@ -464,15 +464,21 @@ NOTES = [
     "## Notes",
     "",
     "* Times are wall-clock seconds on a machine whose two cores other jobs share, so single numbers",
-    "  move by tens of percent between runs; compare ratios within one run.",
+    "  move by tens of percent between runs (the load average is in the case table); compare ratios",
+    "  within one run.",
+    "* `topk` and every method run `nia_jax.rerank` end to end, so they include validating and",
+    "  normalising the inputs and, for a memory-mapped gallery, copying it into memory, which the",
+    "  bare searches (`topk_jax`, `faiss`) also do for their own inputs.",
     "* The JAX search computes every score in products of exactly 512 gallery columns",
-    "  (`nia_jax.kernels.similarity.TILE`) so that scores do not depend on block sizes; on XLA:CPU",
-    "  that costs about 15% over one product. `lax.top_k` on CPU is single-threaded (about 30 us per",
-    "  row of 5,000 at K = 100), which is most of the gap between the search and the GEMM floor at",
-    "  coco5k. faiss fuses its heap into its blocked product and spreads it over both cores.",
-    "* NIA's neighbour form needs each query's kNN over the query bank (one more product of the",
-    "  query block with the bank, here as large as the coco5k gallery) and two products of d numbers",
-    "  per candidate, so its floor is about four GEMM-floor units at coco5k before any top-K work.",
+    "  (`nia_jax.kernels.similarity.TILE`) so that scores do not depend on block sizes. `lax.top_k`",
+    "  on XLA:CPU runs on one core, about 30 us per row of 5,000 scores at K = 100, which is most of",
+    "  the gap between the search and the GEMM floor. faiss's search uses both cores; its scores",
+    "  depend on the number of queries per call, which is why JAX is the default (docs/scaling.md).",
+    "* NIA's default configuration (hubness term only) costs the search plus one coding of the",
+    "  gallery over the query bank. Its neighbour form also needs each query's kNN over the query",
+    "  bank (one more product of the query block with the bank, here as large as the coco5k gallery)",
+    "  and two products of d numbers per candidate, so its floor is about four GEMM-floor units at",
+    "  coco5k before any top-K work.",
 ]
 
 

@@ -144,7 +144,7 @@ def _prepare(static: Reranker, hp, pools: Pools):
     return static.prepare(static, hp, pools)
 
 
-_DEFAULTS = {"gallery_block_size": None, "search_backend": "auto", "mesh": None}
+_DEFAULTS = {"gallery_block_size": None, "search_backend": "jax", "mesh": None}
 
 
 def search_defaults() -> dict:
@@ -205,9 +205,10 @@ def rerank(
       gallery_block_size: gallery rows per search block, or None for the
         whole gallery; search memory grows with block_size x
         gallery_block_size. Results do not depend on either block size.
-      search_backend: ``"auto"`` (faiss on CPU when installed and there is
-        no ground truth or mesh, else JAX), ``"jax"`` or ``"faiss"`` (see
-        :mod:`nia_jax.search`; with ground truth the search runs in JAX).
+      search_backend: ``"jax"``, ``"faiss"`` or ``"auto"`` (faiss on CPU
+        when installed and there is no ground truth or mesh, else JAX); see
+        :mod:`nia_jax.search`. With ground truth the search runs in JAX.
+        Only the JAX search gives the same bits for every block size.
       mesh: a ``jax.sharding.Mesh`` with axes ("queries", "gallery") (see
         :func:`nia_jax.search.default_mesh`): query blocks are split over its
         query axis, and the search's gallery over its gallery axis. Results

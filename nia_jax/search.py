@@ -19,17 +19,16 @@ Two loop orders give the same numbers:
   block at a time (validated and normalised on the way), and every query
   block is updated with it, so a gallery on disk is read once.
 
-Backends: ``"jax"`` (the above), ``"faiss"`` (``faiss.IndexFlatIP``, the
-optional ``faiss`` extra) and ``"auto"``, the default: faiss when it is
-installed, JAX runs on the CPU, no mesh is given and there is no ground
-truth; JAX otherwise. Faiss returns the same candidates up to the order of
-equal scores and the last bits of the scores. On CPU it is faster: XLA's
-``lax.top_k`` is single-threaded and costs about 30 us per row of 5,000
-scores at K = 100, about as much as the product itself, while faiss keeps
-its heaps inside its blocked product on every core (docs/benchmarks.md).
-Faiss cannot count the negatives above a positive outside the top-K, which
-needs every score, so with ground truth the JAX search runs whatever the
-backend.
+Backends: ``"jax"`` (the above, the default), ``"faiss"``
+(``faiss.IndexFlatIP``, the optional ``faiss`` extra) and ``"auto"``: faiss
+when it is installed, JAX runs on the CPU, no mesh is given and there is no
+ground truth, JAX otherwise. Faiss returns the same candidates up to the
+order of equal scores and the last bits of the scores. On this project's
+2-core CPU the two take about the same time (docs/benchmarks.md), but
+faiss's scores, and so sometimes its candidates, change with the number of
+queries per call, so JAX is the default. Faiss cannot count the negatives
+above a positive outside the top-K, which needs every score, so with ground
+truth the JAX search runs whatever the backend.
 """
 
 from __future__ import annotations
@@ -339,7 +338,7 @@ def search(
     positives=None,
     block_size: int = 1024,
     gallery_block_size: int | None = None,
-    backend: str = "auto",
+    backend: str = "jax",
     mesh: Mesh | None = None,
     on_block: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
