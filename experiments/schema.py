@@ -132,7 +132,7 @@ class RunConfig:
     top_k: int = 100  # candidates re-ranked per query (K)
     block_size: int = 1024  # queries per block
     gallery_block_size: Optional[int] = None  # gallery rows per search block; null: the whole gallery
-    search_backend: str = "jax"  # top-K search: jax, faiss or auto; evaluation with ground truth uses jax
+    search_backend: str = "auto"  # top-K search: auto (faiss on CPU if installed), jax or faiss; ground truth: jax
     n_boot: int = 1000  # bootstrap resamples for the 95% intervals
     seed: int = 0  # bootstrap seed
 
@@ -186,7 +186,7 @@ class CompareConfig:
     top_k: int = 100
     block_size: int = 1024
     gallery_block_size: Optional[int] = None  # gallery rows per search block; null: the whole gallery
-    search_backend: str = "jax"  # top-K search: jax, faiss or auto
+    search_backend: str = "auto"  # top-K search: auto (faiss on CPU if installed), jax or faiss
     n_boot: int = 1000
     seed: int = 0
 

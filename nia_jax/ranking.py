@@ -144,7 +144,7 @@ def _prepare(static: Reranker, hp, pools: Pools):
     return static.prepare(static, hp, pools)
 
 
-_DEFAULTS = {"gallery_block_size": None, "search_backend": "jax", "mesh": None}
+_DEFAULTS = {"gallery_block_size": None, "search_backend": "auto", "mesh": None}
 
 
 def search_defaults() -> dict:
@@ -205,10 +205,9 @@ def rerank(
       gallery_block_size: gallery rows per search block, or None for the
         whole gallery; search memory grows with block_size x
         gallery_block_size. Results do not depend on either block size.
-      search_backend: ``"jax"``, ``"faiss"`` or ``"auto"`` (faiss on CPU
-        when installed and there is no ground truth or mesh, else JAX); see
+      search_backend: ``"auto"`` (faiss on CPU when installed and there is
+        no ground truth or mesh, else JAX), ``"jax"`` or ``"faiss"``; see
         :mod:`nia_jax.search`. With ground truth the search runs in JAX.
-        Only the JAX search gives the same bits for every block size.
       mesh: a ``jax.sharding.Mesh`` with axes ("queries", "gallery") (see
         :func:`nia_jax.search.default_mesh`): query blocks are split over its
         query axis, and the search's gallery over its gallery axis. Results
@@ -274,18 +273,18 @@ def rerank(
     block = min(block, n_queries)
     rows = block_rows(block, mesh)
     use_faiss = resolve_backend(options["search_backend"], has_positives=pos is not None, mesh=mesh) == "faiss"
-    searcher = FaissSearch(pools.gallery, top) if use_faiss else DeviceSearch(pools.gallery, top, width, mesh)
+    searcher = FaissSearch(pools.gallery, top, q) if use_faiss else DeviceSearch(pools.gallery, top, width, mesh)
     hp, state, score_pools = replicate((hp, state, pools), mesh)
+    split = functools.partial(shard_queries, mesh=mesh)
     outputs = []
     search_s = 0.0
     start = time.perf_counter()
     for lo, hi in iter_blocks(n_queries, block):
-        split = functools.partial(shard_queries, mesh=mesh)
         tick = time.perf_counter()
         q_block = split(pad_rows(jnp.asarray(q[lo:hi]), rows))
         pos_block = None if pos is None else split(pad_rows(jnp.asarray(pos[lo:hi]), rows, fill=-1))
         if use_faiss:
-            values, indices = searcher.block(q[lo:hi])
+            values, indices = searcher.rows(lo, hi)
             base, candidates = (split(pad_rows(jnp.asarray(x), rows)) for x in (values, indices))
             positive_score = above = None
         else:

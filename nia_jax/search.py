@@ -19,16 +19,16 @@ Two loop orders give the same numbers:
   block at a time (validated and normalised on the way), and every query
   block is updated with it, so a gallery on disk is read once.
 
-Backends: ``"jax"`` (the above, the default), ``"faiss"``
-(``faiss.IndexFlatIP``, the optional ``faiss`` extra) and ``"auto"``: faiss
-when it is installed, JAX runs on the CPU, no mesh is given and there is no
-ground truth, JAX otherwise. Faiss returns the same candidates up to the
-order of equal scores and the last bits of the scores. On this project's
-2-core CPU the two take about the same time (docs/benchmarks.md), but
-faiss's scores, and so sometimes its candidates, change with the number of
-queries per call, so JAX is the default. Faiss cannot count the negatives
-above a positive outside the top-K, which needs every score, so with ground
-truth the JAX search runs whatever the backend.
+Backends: ``"jax"`` (the above), ``"faiss"`` (``faiss.IndexFlatIP``, the
+optional ``faiss`` extra) and ``"auto"``, the default: faiss when it is
+installed, JAX runs on the CPU, no mesh is given and there is no ground
+truth; JAX otherwise. Faiss returns the same candidates up to the order of
+equal scores and the last bits of the scores, and is faster on CPU:
+``lax.top_k`` on XLA:CPU runs on one core, about 30 us per row of 5,000
+scores at K = 100, while faiss's search uses every core (docs/benchmarks.md
+has the measured times). Faiss cannot count the negatives above a positive
+outside the top-K, which needs every score, so with ground truth the JAX
+search runs whatever the backend.
 """
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ def search(
     positives=None,
     block_size: int = 1024,
     gallery_block_size: int | None = None,
-    backend: str = "jax",
+    backend: str = "auto",
     mesh: Mesh | None = None,
     on_block: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
@@ -522,13 +522,24 @@ class FaissSearch:
     """``faiss.IndexFlatIP`` over one gallery (exact inner product, float32, all CPU threads).
 
     ``gallery`` is a normalised JAX array or a host array, added to the index
-    in chunks; faiss keeps its own float32 copy.
+    in chunks; faiss keeps its own float32 copy. ``queries`` are all the
+    normalised float32 queries of the run.
+
+    Faiss's scores for a query depend on which other queries one call
+    searches with it: the same rows searched in blocks of 1, 7, 512 or 1,024
+    differ in their last bits, and sometimes in a candidate at a near tie. So
+    every call searches one fixed chunk, queries ``c * CHUNK`` to
+    ``(c + 1) * CHUNK``, whatever block of rows is asked for, and the results
+    do not depend on the caller's block size.
     """
 
-    def __init__(self, gallery, k: int):
+    CHUNK = 1024
+
+    def __init__(self, gallery, k: int, queries: np.ndarray):
         import faiss
 
         self.k = k
+        self.queries = queries
         self.index = faiss.IndexFlatIP(gallery.shape[1])
         if isinstance(gallery, jax.Array):
             self.index.add(np.asarray(gallery))
@@ -537,22 +548,35 @@ class FaissSearch:
                 rows = as_embeddings(np.asarray(gallery[lo:hi]), f"gallery rows {lo}..{hi - 1}",
                                      dim=gallery.shape[1])
                 self.index.add(rows)
+        self._last = (-1, None)  # the last chunk searched, kept for the next block
 
-    def block(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (values, indices) of the top-K of normalised float32 queries."""
-        values, indices = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), self.k)
-        return values, indices.astype(np.int32)
+    def _chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._last[0] != index:
+            rows = self.queries[index * self.CHUNK:(index + 1) * self.CHUNK]
+            values, indices = self.index.search(np.ascontiguousarray(rows, dtype=np.float32), self.k)
+            self._last = (index, (values, indices.astype(np.int32)))
+        return self._last[1]
+
+    def rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (values, indices) of the top-K of queries ``lo .. hi - 1``."""
+        parts = []
+        for index in range(lo // self.CHUNK, -(-hi // self.CHUNK)):
+            values, indices = self._chunk(index)
+            first = index * self.CHUNK
+            start, stop = max(lo, first) - first, min(hi, first + self.CHUNK) - first
+            parts.append((values[start:stop], indices[start:stop]))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def faiss_search(queries: np.ndarray, gallery, k: int, *, block_size: int = 1024,
                  on_block: Callable[[int, int], None] | None = None) -> SearchResult:
     """Search normalised float32 ``queries`` with :class:`FaissSearch`, block by block."""
-    searcher = FaissSearch(gallery, k)
+    searcher = FaissSearch(gallery, k, queries)
     n_queries = queries.shape[0]
     values = np.empty((n_queries, k), dtype=np.float32)
     indices = np.empty((n_queries, k), dtype=np.int32)
     for lo, hi in iter_blocks(n_queries, block_size):
-        values[lo:hi], indices[lo:hi] = searcher.block(queries[lo:hi])
+        values[lo:hi], indices[lo:hi] = searcher.rows(lo, hi)
         if on_block is not None:
             on_block(hi, n_queries)
     return SearchResult(values, indices, None, None)

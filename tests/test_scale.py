@@ -170,11 +170,17 @@ def test_memmap_gallery_equals_in_memory(case, tmp_path):
 # --- faiss ---------------------------------------------------------------------------------
 
 
-def test_faiss_backend_matches_jax(case):
+def test_faiss_backend_matches_jax(case, monkeypatch):
     pytest.importorskip("faiss")
+    monkeypatch.setattr(search.FaissSearch, "CHUNK", 8)  # several chunks, crossed by the blocks below
     q, g = case["queries"], case["gallery"]
     jax_found = search.search(q, g, TOP_K, backend="jax")
     faiss_found = search.search(q, g, TOP_K, backend="faiss")
+    # Faiss searches fixed chunks of queries, so its results do not depend on the block size.
+    for block in (1, 5, 7, NQ - 1):
+        blocked = search.search(q, g, TOP_K, backend="faiss", block_size=block)
+        assert np.array_equal(blocked.base, faiss_found.base), block
+        assert np.array_equal(blocked.candidates, faiss_found.candidates), block
     np.testing.assert_allclose(faiss_found.base, jax_found.base, atol=1e-6, rtol=0)
     sims = q.astype(np.float64) @ g.T.astype(np.float64)
     for i in range(NQ):
