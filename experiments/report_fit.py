@@ -92,11 +92,11 @@ def render(payload: dict) -> str:
         cells = [_value(comparison[part]["settings"].get(name, "-")) for part, _ in columns]
         marker = " (learned)" if name in fitting["learned_names"] else ""
         lines.append(f"| {name}{marker} | " + " | ".join(cells) + " |")
-    lines += ["", _fit_summary(payload)]
+    lines += ["", fit_summary(payload)]
     return "\n".join(lines) + "\n"
 
 
-def _fit_summary(payload: dict) -> str:
+def fit_summary(payload: dict) -> str:
     """Return one paragraph on how the fit ended and how its dev R@1 compares."""
     fitting, comparison = payload["fitting"], payload["comparison"]
     split = fitting["tune_split"]
@@ -105,8 +105,10 @@ def _fit_summary(payload: dict) -> str:
         text += " and stopped early"
     text += f". The lowest held-out loss came at step {fitting['best_step']}."
     if fitting["kept_start"]:
-        text += (f" Those values scored a lower {split} R@1 than the starting values, "
-                 "so the starting values were kept.")
+        best = fitting["curve"][fitting["best_step"]]
+        values = ", ".join(f"{name}={best[name]:.4g}" for name in fitting["learned_names"])
+        text += (f" Those values ({values}) scored a {split} R@1 of {best['tune_R@1']:.1f} over both directions' "
+                 "queries, lower than the starting values, so the starting values were kept.")
     text += (f" {split.capitalize()} mean R@1 is {comparison['start']['dev']['mean_R@1']:.1f} at the start "
              f"and {comparison['fitted']['dev']['mean_R@1']:.1f} fitted")
     if "grid" in comparison:

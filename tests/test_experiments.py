@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import CONF_DIR, EXPERIMENTS_DIR, REPO_ROOT
@@ -32,6 +33,8 @@ from omegaconf import OmegaConf
 
 import aggregate
 import common
+import report
+import report_fit
 import schema
 
 schema.register_schemas()
@@ -300,6 +303,205 @@ def test_aggregate_strict_exit_code(tmp_path):
 
     assert relaxed == 0
     assert strict == 1
+
+
+# --- report.py's tuning comparison on hand-made results (no JAX evaluation) -----------------
+
+# Four test queries per direction. Rank 1 is a hit at R@1, rank <= 5 at R@5.
+GRID_RANKS = {"t2i": [1, 1, 2, 6], "i2t": [1, 2, 1, 1]}  # R@1 50 / 75, R@5 75 / 100
+OPTUNA_RANKS = {"t2i": [1, 1, 1, 6], "i2t": [1, 2, 1, 3]}  # R@1 75 / 50, R@5 75 / 100
+NIA_STATIC = {"weighting": "uniform", "pool": "query_bank", "form": "none", "leave_one_out": True, "tau": 0.05,
+              "beta": 0.0, "gamma": 0.5}
+
+
+def recall_entry(ranks: dict) -> dict:
+    """A results.json method entry whose R@K figures follow from the given ranks."""
+    entry = {}
+    for direction, values in ranks.items():
+        values = np.asarray(values)
+        recalls = {f"R@{k}": 100.0 * float(np.mean(values <= k)) for k in (1, 5, 10)}
+        entry[direction] = {**recalls, "R@1_ci95": [recalls["R@1"] - 10, recalls["R@1"] + 10],
+                            "rsum": sum(recalls.values())}
+    entry["rsum"] = entry["t2i"]["rsum"] + entry["i2t"]["rsum"]
+    return entry
+
+
+def write_run(folder: Path, payload: dict, ranks: dict[str, dict] | None = None) -> None:
+    """Write results.json (and ranks.npz with keys <method>/<direction>) as the runners lay them out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(payload))
+    if ranks is not None:
+        np.savez(folder / "ranks.npz", **{f"{name}/{d}": np.asarray(r) for name, by_direction in ranks.items()
+                                          for d, r in by_direction.items()})
+
+
+def nia_settings(k: int, lam: float, w: float, eta: float) -> dict:
+    return {"name": "nia", "k": k, **NIA_STATIC, "lam": lam, "w": w, "eta": eta}
+
+
+def fake_tuning_root(root: Path, *, optuna_test_lam: float = 2.0, fit_split: str = "test") -> Path:
+    """A reproduce_results.sh output folder with a grid run, an Optuna study and a fit run."""
+    cosine_ranks = {"t2i": [2, 1, 3, 6], "i2t": [1, 3, 1, 2]}
+    grid_values = nia_settings(1, 10.0, 0.5, 0.75)
+    write_run(root / "tune" / "nia", {
+        "protocol": "inductive", "split": "test",
+        "methods": {"cosine": recall_entry(cosine_ranks), "nia": recall_entry(GRID_RANKS)},
+        "tuning": {"method": "nia", "tune_split": "dev",
+                   "grid": {"k": [1, 2], "lam": [1.0, 10.0], "w": [0.5], "eta": [0.75], "form": ["none"]},
+                   "n_settings": 4, "chosen": grid_values,
+                   "selection_rule": "highest rsum on the tuning split; ties by mean R@1, then grid order",
+                   "chosen_dev": {"settings": {"k": 1, "lam": 10.0}, "rsum": 500.0, "t2i_R@1": 64.0,
+                                  "i2t_R@1": 66.0},
+                   "tune_s": 12.5},
+    }, {"cosine": cosine_ranks, "nia": GRID_RANKS})
+
+    sweep = root / "optuna" / "sweep"
+    sweeper = {"params": {"method.k": "int(interval(1, 4))", "method.lam": "tag(log, interval(0.1, 10.0))"},
+               "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 0}, "n_jobs": 1, "n_trials": 2}
+    for number, (k, lam, rsum, seconds) in enumerate([(1, 5.0, 490.0, 0.5), (2, 2.0, 502.0, 0.25)]):
+        trial = {"split": "dev", "timing_s": {"cosine": 1.0, "nia": seconds},
+                 "methods": {"nia": {"t2i": {"R@1": 60.0 + number}, "i2t": {"R@1": 62.0}, "rsum": rsum}},
+                 "config": {"method": nia_settings(k, lam, 0.5, 0.75), "n_boot": 1000}}
+        write_run(sweep / str(number), trial)
+        (sweep / str(number) / ".hydra").mkdir()
+        (sweep / str(number) / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
+    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump(
+        {"name": "optuna", "best_params": {"method.k": 2, "method.lam": 2.0}, "best_value": 502.0}))
+    (root / "optuna" / "tuning.json").write_text(json.dumps({"tuner": "optuna", "wall_s": 20.25, "cpu_count": 2}))
+    optuna_entry = recall_entry(OPTUNA_RANKS)
+    optuna_entry["settings"] = nia_settings(2, optuna_test_lam, 0.5, 0.75)
+    write_run(root / "optuna" / "test", {
+        "protocol": "inductive", "split": "test",
+        "methods": {"cosine": recall_entry(cosine_ranks), "nia": optuna_entry},
+    }, {"cosine": cosine_ranks, "nia": OPTUNA_RANKS})
+
+    write_run(root / "fit", {
+        "protocol": "inductive", "split": fit_split, "methods": {"nia_fitted": recall_entry(GRID_RANKS)},
+        "fitting": {"tune_split": "dev", "learned_names": ["lam", "w", "eta"],
+                    "start": {"tau": 0.05, "lam": 10.0, "w": 0.5, "beta": 0.0, "gamma": 0.5, "eta": 0.75},
+                    "settings": {"surrogate": "listwise", "temperature": 0.01, "holdout": 0.2},
+                    "steps": 7, "best_step": 1, "stopped_early": True, "kept_start": True, "fit_s": 3.5,
+                    "curve": [{"step": 0, "tune_R@1": 65.0, "lam": 10.0, "w": 0.5, "eta": 0.75},
+                              {"step": 1, "tune_R@1": 64.5, "lam": 9.0, "w": 0.625, "eta": 0.875}]},
+        "comparison": {
+            "fitted": {"settings": grid_values, "dev": {"rsum": 500.0, "t2i_R@1": 64.0, "i2t_R@1": 66.0,
+                                                        "mean_R@1": 65.0}},
+            "start": {"settings": grid_values, "dev": {"mean_R@1": 65.0}},
+            "grid": {"settings": grid_values, "dev": {"mean_R@1": 65.0}, "tuning_s": 9.75},
+        },
+    }, {"nia_fitted": GRID_RANKS})
+    return root
+
+
+def table_row(lines: list[str], first_cell: str) -> list[str]:
+    """Return the cells of the Markdown table row that starts with first_cell."""
+    rows = [line for line in lines if line.startswith(f"| {first_cell} |")]
+    assert len(rows) == 1, f"expected one row '{first_cell}', found {len(rows)}"
+    return [cell.strip() for cell in rows[0].strip("|").split("|")]
+
+
+def test_tuner_comparison_tuning_rows(tmp_path):
+    lines = report.tuner_comparison(fake_tuning_root(tmp_path))
+
+    grid = table_row(lines, "grid search (tune.py)")
+    optuna = table_row(lines, "Optuna TPE, seed 0 (rerank.py -m)")
+    fit = table_row(lines, "gradient fit (fit.py)")
+    assert grid[1:] == ["k in {1, 2}; lam in {1, 10}", "4 settings", "k=1, lam=10", "500.0", "64.0 / 66.0", "12.5"]
+    # The best trial is trial 1; its NIA evaluations took 0.5 + 0.25 s of the 20.25 s study.
+    assert optuna[2:] == ["2 trials", "k=2, lam=2", "502.0", "61.0 / 62.0", "20.2 (NIA evaluations 0.8)"]
+    assert fit[1:] == ["lam, w, eta by Adam from lam=10, w=0.5, eta=0.75", "7 Adam steps", "k=1, lam=10", "500.0",
+                       "64.0 / 66.0", "3.5"]
+
+
+def test_tuner_comparison_test_rows(tmp_path):
+    lines = report.tuner_comparison(fake_tuning_root(tmp_path))
+
+    assert table_row(lines, "cosine")[1:] == ["25.0 [15.0, 35.0]", "75.0", "100.0", "50.0 [40.0, 60.0]", "100.0",
+                                              "100.0", "450.0"]
+    assert table_row(lines, "NIA, grid search (tune.py)")[1:4] == ["50.0 [40.0, 60.0]", "75.0", "100.0"]
+    assert table_row(lines, "NIA, Optuna TPE, seed 0 (rerank.py -m)")[1:] == [
+        "75.0 [65.0, 85.0]", "75.0", "100.0", "50.0 [40.0, 60.0]", "100.0", "100.0", "500.0"]
+
+
+def test_tuner_comparison_paired_differences(tmp_path):
+    lines = report.tuner_comparison(fake_tuning_root(tmp_path))
+
+    optuna = table_row(lines, "Optuna TPE, seed 0 (rerank.py -m) minus grid")
+    fit = table_row(lines, "gradient fit (fit.py) minus grid")
+    # Optuna gains query 3 at t2i R@1 and loses query 4 at i2t R@1; both are one query of four.
+    assert optuna[1].startswith("+25.0 [")
+    assert optuna[2] == "+0.0 [+0.0, +0.0]"
+    assert optuna[4].startswith("-25.0 [")
+    assert optuna[5] == "+0.0 [+0.0, +0.0]"
+    assert fit[1:] == ["+0.0 [+0.0, +0.0]"] * 6
+
+
+def test_tuner_comparison_notes(tmp_path):
+    text = "\n".join(report.tuner_comparison(fake_tuning_root(tmp_path)))
+
+    assert ("The settings not listed are the same in every row: weighting=uniform, pool=query_bank, form=none, "
+            "leave_one_out=True, tau=0.05, beta=0, gamma=0.5, w=0.5, eta=0.75.") in text
+    assert "The selection rule is the highest rsum on the tuning split; ties by mean R@1, then grid order." in text
+    assert "The best was trial 1 at dev rsum 502.0 (grid: 500.0), and 1 of 2 trials reached" in text
+    assert "(lam=9, w=0.625, eta=0.875) scored a dev R@1 of 64.5" in text
+    assert "took 12.5 s in tune.py and 9.8 s when fit.py repeated it" in text
+
+
+def test_tuner_comparison_grid_only(tmp_path):
+    root = fake_tuning_root(tmp_path)
+    shutil.rmtree(root / "optuna")
+    shutil.rmtree(root / "fit")
+
+    lines = report.tuner_comparison(root)
+
+    assert table_row(lines, "grid search (tune.py)")[3] == "k=1, lam=10"
+    assert not any("minus grid" in line for line in lines)
+    assert not any(line.startswith("| Optuna") for line in lines)
+
+
+def test_tuner_comparison_rejects_other_setting(tmp_path):
+    root = fake_tuning_root(tmp_path, optuna_test_lam=3.0)
+
+    with pytest.raises(ValueError, match="best trial"):
+        report.tuner_comparison(root)
+
+
+def test_tuner_comparison_rejects_other_objective(tmp_path):
+    root = fake_tuning_root(tmp_path)
+    best_path = root / "optuna" / "sweep" / "optimization_results.yaml"
+    best = yaml.safe_load(best_path.read_text())
+    best["best_value"] = 61.0  # the mean dev R@1 that an older rerank.py returned
+    best_path.write_text(yaml.safe_dump(best))
+
+    with pytest.raises(ValueError, match="another objective"):
+        report.tuner_comparison(root)
+
+
+def test_tuner_comparison_rejects_other_split(tmp_path):
+    root = fake_tuning_root(tmp_path, fit_split="dev")
+
+    with pytest.raises(ValueError, match="eval_split is 'dev'"):
+        report.tuner_comparison(root)
+
+
+def test_report_renders_tuning_section(tmp_path):
+    root = fake_tuning_root(tmp_path)
+    shutil.copytree(REPO_ROOT / "results" / "coco500" / "compare_inductive", root / "compare_inductive")
+
+    text = report.render(root)
+
+    assert "## Tuning NIA: grid vs Optuna vs gradient" in text
+    assert text.index("## Tuning NIA") > text.index("## Inductive comparison")
+
+
+def test_fit_summary_names_discarded_values(tmp_path):
+    payload = json.loads((fake_tuning_root(tmp_path) / "fit" / "results.json").read_text())
+
+    text = report_fit.fit_summary(payload)
+
+    assert text.startswith("The fit ran 7 steps and stopped early. The lowest held-out loss came at step 1.")
+    assert "so the starting values were kept" in text
+    assert "against 65.0 for the grid's choice" in text
 
 
 # --- end-to-end multiruns ------------------------------------------------------------------
