@@ -18,19 +18,22 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import nia_jax
 from nia_jax.data import coco500
 from nia_jax.data.external import EXTERNAL, EmbeddingFiles, load_external
-from nia_jax.data.task import FoldedTask, RetrievalTask
-from nia_jax.errors import ConfigError
+from nia_jax.data.task import PROTOCOLS, FoldedTask, RetrievalTask
+from nia_jax.errors import ConfigError, did_you_mean
 
 log = logging.getLogger("nia_jax.experiments")
 # JAX logs at INFO that it found no TPU on every start; Hydra shows INFO, so quieten it.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DATASETS = ("coco500_clip_vitb16",) + EXTERNAL
+LOGGER_MODES = ("offline", "online", "disabled")
 # DatasetConfig keys that name user files; only the external data sets read them.
 FILE_KEYS = tuple(f.name for f in dataclasses.fields(EmbeddingFiles) if f.name not in ("dim", "norm_policy"))
 
@@ -40,9 +43,11 @@ def load_tasks(cfg: DictConfig) -> dict[str, RetrievalTask | FoldedTask]:
 
     coco1k gives a FoldedTask per direction; nia_jax.evaluate averages its folds.
     """
-    if cfg.dataset.name not in DATASETS:
-        raise ConfigError(f"dataset.name: unknown data set {cfg.dataset.name!r}; available: {DATASETS}.")
+    check_choice("dataset.name", cfg.dataset.name, DATASETS)
+    check_choice("protocol.name", cfg.protocol.name, PROTOCOLS)
     if cfg.dataset.name == coco500.NAME:
+        check_choice("dataset.split", cfg.dataset.split, coco500.SPLITS)
+        check_choice("dataset.variant", cfg.dataset.variant, tuple(coco500.VARIANTS))
         set_keys = [k for k in FILE_KEYS if k in cfg.dataset.keys() and not OmegaConf.is_missing(cfg.dataset, k)
                     and cfg.dataset[k] not in (None, False, [])]
         if set_keys:
@@ -65,8 +70,125 @@ def embedding_files(cfg: DictConfig) -> EmbeddingFiles:
     values["extended_metrics"] = tuple(values.get("extended_metrics") or ())
     encoder = cfg.get("encoder") or {}
     values["dim"] = encoder.get("dim")
-    values["norm_policy"] = "warn" if encoder.get("normalised", True) else "normalise"
+    values["norm_policy"] = norm_policy(encoder)
     return EmbeddingFiles(**values).resolve(encoder.get("embeddings_dir"))
+
+
+def norm_policy(encoder) -> str:
+    """Return what the loaders do with rows that are not unit-norm: warn, normalise or reject.
+
+    ``encoder.reject_unnormalised`` selects reject; otherwise ``encoder.normalised``
+    (rows are expected to be unit-norm) selects warn, and false selects normalise.
+    """
+    normalised = encoder.get("normalised", True)
+    if not encoder.get("reject_unnormalised", False):
+        return "warn" if normalised else "normalise"
+    if not normalised:
+        raise ConfigError("encoder.reject_unnormalised=true contradicts encoder.normalised=false (rows are not "
+                          "expected to be unit-norm). Set encoder.normalised=true or encoder.reject_unnormalised=false.")
+    return "reject"
+
+
+def check_choice(key: str, value, choices) -> None:
+    """Raise ConfigError naming ``key`` and the closest choice when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}: unknown value {value!r}.{did_you_mean(value, choices)} "
+                          f"Expected one of: {', '.join(choices)}.")
+
+
+def check_command_line(config_name: str, argv: list[str] | None = None, config_dir: str | Path = CONF_DIR) -> None:
+    """Exit with status 1 and a one-line hint when the command line misspells a key or option.
+
+    A runner calls this before its ``hydra.main`` function. It composes the
+    config once with Hydra's compose API. When that fails on an unknown key, an
+    unknown config group option or a value of the wrong type, it prints
+    "ERROR: ... Did you mean ...?" to stderr and exits. Hydra's own messages
+    for these cases name no close match and suggest ``+key=value``, which a
+    structured config rejects anyway. Any other failure, and command lines the
+    check cannot reproduce (``--config-dir``, ``--config-path``, interval
+    sweeps), are left to Hydra, which composes the config again and reports them.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if (args.help or args.hydra_help or args.shell_completion or args.experimental_rerun or args.config_dir
+            or args.config_path):
+        return
+    try:
+        overrides = [_first_sweep_value(o) for o in OverridesParser.create().parse_overrides(args.overrides)]
+    except HydraException:
+        return  # a malformed override or an interval sweep; Hydra reports or runs it
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            compose(args.config_name or config_name, overrides=overrides)
+    except Exception as exc:  # Hydra and OmegaConf raise many types; explain_config_error picks the known ones.
+        message = explain_config_error(exc)
+        if message is None:
+            return
+        print(f"ERROR: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _first_sweep_value(override) -> str:
+    """Return the override as key=value, with a sweep (a,b,c or range) replaced by its first value."""
+    if not override.is_sweep_override():
+        return override.input_line
+    first = next(iter(override.sweep_string_iterator()))
+    return f"{override.get_key_element()}={first}"
+
+
+def explain_config_error(exc: BaseException) -> str | None:
+    """Return a one-line message with the closest valid name for a Hydra composition error, or None.
+
+    Three errors get a message: an unknown key (``topk=5``, ``method.kk=3``),
+    an unknown config group option (``method=nai``) and a value of the wrong
+    type (``top_k=ten``). Any other error returns None.
+    """
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for error in chain:
+        if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
+            group, _, option = error.missing_cfg_file.rpartition("/")
+            options = [o for o in (error.options or []) if not o.endswith("_schema")]
+            return (f"{group}={option}: config group {group!r} has no option {option!r}."
+                    f"{did_you_mean(option, options)} Available: {', '.join(options)}.")
+        if isinstance(error, (ConfigAttributeError, ConfigKeyError)) and error.full_key:
+            prefix = error.full_key.rpartition(".")[0]
+            keys = _schema_fields(error.object_type)
+            suggestions = [f"{prefix}.{k}" if prefix else k for k in keys]
+            wanted = f"{prefix}.{error.key}" if prefix else str(error.key)
+            listing = f" Valid keys{' under ' + prefix if prefix else ''}: {', '.join(keys)}." if keys else ""
+            return f"{error.full_key}: unknown config key.{did_you_mean(wanted, suggestions)}{listing}"
+        if isinstance(error, ValidationError) and error.full_key:
+            reason = str(error.msg).splitlines()[0]
+            default = _schema_fields(error.object_type).get(error.key, dataclasses.MISSING)
+            example = ("" if default in (dataclasses.MISSING, "???", None)
+                       else f" Type a value like {error.full_key}={default} (the default).")
+            return f"{error.full_key}: invalid value: {reason}.{example}"
+    return None
+
+
+def _schema_fields(object_type) -> dict[str, Any]:
+    """Return the field names of a structured-config class with their defaults ({} for anything else)."""
+    if not (isinstance(object_type, type) and dataclasses.is_dataclass(object_type)):
+        return {}
+    fields = {}
+    for f in dataclasses.fields(object_type):
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            fields[f.name] = f.default_factory()
+        else:
+            fields[f.name] = dataclasses.MISSING
+    return fields
 
 
 def make_method(method_cfg: DictConfig) -> nia_jax.Reranker:
@@ -81,7 +203,9 @@ def make_method(method_cfg: DictConfig) -> nia_jax.Reranker:
 def apply_search_options(cfg: DictConfig) -> None:
     """Make the config's search options the defaults of every ``nia_jax.rerank`` call in this process."""
     from nia_jax.ranking import set_search_defaults
+    from nia_jax.search import SEARCH_BACKENDS
 
+    check_choice("search_backend", cfg.search_backend, SEARCH_BACKENDS)
     set_search_defaults(gallery_block_size=cfg.gallery_block_size, search_backend=cfg.search_backend)
 
 
@@ -160,8 +284,6 @@ def write_ranks_atomic(path: Path, ranks: dict[str, "np.ndarray"]) -> None:
 
     Reports use them for paired bootstrap intervals between methods.
     """
-    import numpy as np
-
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
@@ -175,11 +297,38 @@ def write_ranks_atomic(path: Path, ranks: dict[str, "np.ndarray"]) -> None:
 
 
 def method_entry(results: dict) -> dict:
-    """Return the results.json entry of one method: its directions plus the six-recall rsum."""
+    """Return the results.json entry of one method: its directions plus the six-recall rsum.
+
+    Raises ConfigError when a direction's re-ranked scores contain NaN or Inf,
+    because the metrics of such a ranking are silently wrong.
+    """
+    for direction, result in results.items():
+        check_finite_scores(result, direction)
     entry = {direction: r.metrics for direction, r in results.items()}
     if {"t2i", "i2t"} <= entry.keys():
         entry["rsum"] = round(entry["t2i"]["rsum"] + entry["i2t"]["rsum"], 4)
     return entry
+
+
+def check_finite_scores(result, direction: str) -> None:
+    """Raise ConfigError when the re-ranked scores of an evaluation result (or of one of its folds) are not finite.
+
+    ``nia_jax.rerank`` checks each setting's range but not float32 overflow of
+    the scores themselves, so a valid but extreme setting can yield NaN or Inf.
+    """
+    parts = result.folds if result.folds is not None else [result]
+    for fold, part in enumerate(parts):
+        if part.reranked is None:
+            continue
+        scores = part.reranked.scores
+        bad_rows = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+        if bad_rows.size:
+            where = f"{direction}, fold {fold}" if result.folds is not None else direction
+            raise ConfigError(
+                f"{where}: the re-ranked scores of {bad_rows.size} of {scores.shape[0]} queries contain NaN or Inf "
+                f"(first query {int(bad_rows[0])}), so a method setting overflows float32. Move the method's "
+                "temperatures and weights toward their defaults (conf/method/)."
+            )
 
 
 def format_table(methods: dict[str, dict], protocol: str, split: str) -> str:
@@ -260,10 +409,11 @@ def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> 
     if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
         yield None
         return
-    if cfg.logger.name != "wandb":
-        raise ConfigError(f"logger.name: expected wandb or none, got {cfg.logger.name!r}.")
-    if cfg.logger.mode not in ("offline", "online"):
-        raise ConfigError(f"logger.mode: expected offline, online or disabled, got {cfg.logger.mode!r}.")
+    check_choice("logger.name", cfg.logger.name, ("wandb", "none"))
+    check_choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
+    if not cfg.logger.init_timeout > 0:
+        raise ConfigError(f"logger.init_timeout={cfg.logger.init_timeout} is out of range: expected seconds > 0, "
+                          "for example logger.init_timeout=30.")
     import wandb
 
     os.environ["WANDB_MODE"] = cfg.logger.mode
@@ -283,7 +433,9 @@ def wandb_run(cfg: DictConfig, run_dir: Path, *, name: str, tags: list[str]) -> 
     except Exception as exc:  # wandb raises its own CommError/UsageError types for network failures.
         if cfg.logger.mode != "online":
             raise
-        log.warning("W&B online init failed (%s); logging offline under %s instead.", exc, run_dir)
+        # wandb's messages span several lines; the warning stays on one.
+        reason = " ".join(str(exc).split())
+        log.warning("W&B online init failed (%s); logging offline under %s instead.", reason, run_dir)
         os.environ["WANDB_MODE"] = "offline"
         run = wandb.init(mode="offline", **init)
     try:

@@ -69,6 +69,7 @@ class EncoderConfig:
     model: Optional[str] = None  # the model that produced the embeddings, for the record
     dim: Optional[int] = None  # embedding dimension; checked against the files when set
     normalised: bool = True  # true: rows should be unit-norm (others are normalised with a warning)
+    reject_unnormalised: bool = False  # true: fail the run on rows that are not unit-norm instead of normalising
     embeddings_dir: Optional[str] = None  # folder holding the embedding files; relative dataset paths start here
     checkpoint: Optional[str] = MISSING  # clip: local checkpoint folder (required there; precomputed sets null)
     batch_size: int = 64  # clip: images or captions encoded per batch

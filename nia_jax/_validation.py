@@ -8,15 +8,17 @@ and what to do about it. Kernels themselves assume validated input.
 from __future__ import annotations
 
 import logging
+import typing
 from typing import Literal
 
 import numpy as np
 
-from nia_jax.errors import InputError
+from nia_jax.errors import ConfigError, InputError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
 NormPolicy = Literal["normalise", "warn", "reject"]
+NORM_POLICIES: tuple[str, ...] = typing.get_args(NormPolicy)
 
 # CLIP-style encoders that store float16 embeddings give norms within about
 # 1e-3 of one; anything further away is treated as not normalised.
@@ -47,6 +49,7 @@ def as_embeddings(
       A new float32 array of shape (n, d) with unit-norm rows. The input is
       never modified.
     """
+    check_norm_policy(norm_policy)
     try:
         arr = np.asarray(array)
     except Exception as exc:  # NumPy raises several types for ragged input.
@@ -118,6 +121,13 @@ def _row_norms(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
         rows = x[lo:lo + chunk].astype(np.float64)
         norms[lo:lo + chunk] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
     return norms
+
+
+def check_norm_policy(norm_policy) -> None:
+    """Raise ConfigError unless ``norm_policy`` is one of ``NORM_POLICIES``."""
+    if norm_policy not in NORM_POLICIES:
+        raise ConfigError(f"norm_policy: expected one of {NORM_POLICIES}, got {norm_policy!r}."
+                          f"{did_you_mean(norm_policy, NORM_POLICIES)}")
 
 
 def as_positives(positives, n_queries: int, n_gallery: int, name: str = "positives") -> np.ndarray:

@@ -20,12 +20,16 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from nia_jax._validation import NormPolicy, as_embeddings
+from nia_jax._validation import NORM_TOLERANCE, NormPolicy, as_embeddings, check_norm_policy
 from nia_jax.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 EMBEDDING_SUFFIXES = (".npy", ".npz", ".safetensors")
+# The first bytes of each format; NumPy tries to unpickle any file that has neither of its own.
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip entry, or an empty archive
+PICKLE_MAGIC = b"\x80"  # pickle protocols 2 and later start with the PROTO opcode
 # Rows checked per chunk when validating a memory-mapped array.
 CHUNK_ROWS = 16384
 
@@ -48,6 +52,8 @@ def load_array(path: str | Path, key: str | None = None, *, mmap: bool = False) 
         raise InputError(f"{path}: unsupported file type {suffix!r}; expected one of {EMBEDDING_SUFFIXES}.")
     if mmap and suffix != ".npy":
         logger.info("%s: only .npy files can be memory-mapped; reading it into memory.", path)
+    if suffix in (".npy", ".npz"):
+        _check_signature(path, suffix)
     try:
         if suffix == ".npy":
             if key is not None:
@@ -70,6 +76,36 @@ def load_array(path: str | Path, key: str | None = None, *, mmap: bool = False) 
         raise InputError(f"{path}: not a valid NumPy array file ({exc}). It may be truncated; save it again.") from exc
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: cannot be read ({exc}). It may be truncated or not a NumPy file; save it again.") from exc
+
+
+def _check_signature(path: Path, suffix: str) -> None:
+    """Raise InputError unless the file starts with the signature of its suffix's format.
+
+    Without this, np.load treats any other file as a pickle, and with
+    allow_pickle=False a text file would be reported as pickled objects.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(len(NPY_MAGIC))
+    if suffix == ".npy" and head.startswith(NPY_MAGIC):
+        return
+    if suffix == ".npz" and head.startswith(ZIP_MAGICS):
+        return
+    if suffix == ".npy" and head.startswith(ZIP_MAGICS):
+        raise InputError(f"{path}: is an .npz archive with a .npy name. Rename it to .npz and name the array "
+                         "with the matching key setting.")
+    if suffix == ".npz" and head.startswith(NPY_MAGIC):
+        raise InputError(f"{path}: is a single .npy array with a .npz name. Rename it to .npy and drop the key.")
+    if head.startswith(PICKLE_MAGIC):
+        raise InputError(
+            f"{path}: is a pickled Python object, which is never loaded. Save a numeric array instead, "
+            "for example np.save(path, emb.astype(np.float32))."
+        )
+    expected = "a NumPy .npy array" if suffix == ".npy" else "a NumPy .npz archive"
+    found = "is empty" if not head else f"starts with {head!r}"
+    raise InputError(
+        f"{path}: not {expected} (the file {found}). It may be text, for example CSV, or truncated; "
+        "save the array with np.save (.npy) or np.savez (.npz)."
+    )
 
 
 def _pick_key(path: Path, names: list[str], key: str | None) -> str:
@@ -137,6 +173,7 @@ def check_rows(array: np.ndarray, name: str, *, dim: int | None = None, norm_pol
     numeric, finite, no zero rows, dimension, norms) to ``chunk_rows`` rows at
     a time. Raises InputError on the first failure.
     """
+    check_norm_policy(norm_policy)
     if array.ndim != 2:
         raise InputError(f"{name}: expected a 2-D array (n, d) of embeddings, got shape {array.shape}.")
     n_off, low, high = 0, np.inf, -np.inf
@@ -153,7 +190,7 @@ def check_rows(array: np.ndarray, name: str, *, dim: int | None = None, norm_pol
         if (norms == 0).any():
             raise InputError(f"{name}: row {start + int(np.flatnonzero(norms == 0)[0])} is all zeros; "
                              "a zero embedding has no direction. Remove or re-encode it.")
-        off = np.abs(norms - 1.0) > 1e-2
+        off = np.abs(norms - 1.0) > NORM_TOLERANCE
         n_off += int(off.sum())
         low, high = min(low, norms.min()), max(high, norms.max())
     if n_off:
