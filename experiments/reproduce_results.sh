@@ -23,9 +23,11 @@ python experiments/compare.py protocol=transductive logger=none "hydra.run.dir=$
 started=$(date +%s.%N)
 python experiments/rerank.py -m +experiment=nia_optuna logger=none "hydra.sweep.dir=$out/optuna/sweep"
 finished=$(date +%s.%N)
-printf '{"tuner": "optuna", "wall_s": %s, "cpu_count": %s, "command": "%s"}\n' \
+printf '{"tuner": "optuna", "wall_s": %s, "cpu_count": %s, "command": "%s", "description": "%s"}\n' \
   "$(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.2f", b - a }')" "$(nproc)" \
-  "python experiments/rerank.py -m +experiment=nia_optuna logger=none" > "$out/optuna/tuning.json"
+  "python experiments/rerank.py -m +experiment=nia_optuna logger=none" \
+  "wall_s: seconds of the whole study process above (trials in sweep/, on the dev split, objective dev rsum); test/ evaluates the best trial once on the test split" \
+  > "$out/optuna/tuning.json"
 best_overrides=$(python -c 'import sys, yaml
 best = yaml.safe_load(open(sys.argv[1]))["best_params"]
 print(" ".join("methods.nia." + key.removeprefix("method.") + "=" + repr(value) for key, value in best.items()))' \
