@@ -8,6 +8,8 @@ tower) produces the embeddings, and the module re-ranks inside the same
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,9 @@ from nia_jax import fitting
 from nia_jax.data.task import RetrievalTask
 from nia_jax.errors import ConfigError
 from nia_jax.modules import Bank, Hyperparameter, NIAReranker, Prepared
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_FLAX_HEADING = "## NIA inside a Flax model"
 
 DIM, PIXELS, VOCAB, TOKENS = 16, 12, 50, 5
 N_GALLERY, N_QUERIES, N_TEXT_BANK, N_IMAGE_BANK = 10, 6, 14, 16
@@ -170,3 +175,29 @@ def test_module_state_is_nnx_state(encoded):
 def test_module_rejects_other_rerankers(encoded):
     with pytest.raises(ConfigError, match="NIA"):
         NIAReranker(nia_jax.make_reranker("cosine"), encoded["gallery"])
+
+
+def readme_flax_example() -> str:
+    """Return the first Python code block under the README's Flax heading."""
+    text = README.read_text()
+    assert README_FLAX_HEADING in text, f"README.md has no '{README_FLAX_HEADING}' section"
+    section = text.split(README_FLAX_HEADING, 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert match is not None, f"README.md's '{README_FLAX_HEADING}' section has no python code block"
+    return match.group(1)
+
+
+def test_readme_flax_example_matches_rerank(capsys):
+    namespace = {"__name__": "readme_flax_example"}
+    exec(compile(readme_flax_example(), str(README), "exec"), namespace)  # noqa: S102 - the README's own code
+    out, tokens = namespace["out"], namespace["tokens"]
+    queries = np.asarray(namespace["encoder"].encode_text(tokens))
+
+    expected = nia_jax.rerank(nia_jax.NIA(), queries, np.asarray(namespace["gallery"]),
+                              query_bank=np.asarray(namespace["caption_bank"]), top_k=5)
+
+    assert same_values(namespace["reranker"].method, nia_jax.NIA())
+    assert np.asarray(out.order).shape == (tokens.shape[0], 5)
+    assert_same_ranking(out, expected)
+    assert not np.array_equal(np.asarray(out.order), np.asarray(out.candidates))  # NIA moved some candidates
+    assert str(np.asarray(out.order)) in capsys.readouterr().out
