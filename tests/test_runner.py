@@ -240,3 +240,16 @@ def test_bad_setting_clean_error(tmp_path, override, words):
     for word in words:
         assert word in error_lines[0], word
     assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "word"), [("topk=5", "topk"), ("method=nai", "method/nai")])
+def test_bad_override_clean_exit(tmp_path, override, word):
+    run_dir = tmp_path / "run"
+    process = run_script(tmp_path, "logger=none", f"hydra.run.dir={run_dir}", override)
+    output = process.stdout + process.stderr
+
+    assert process.returncode != 0
+    assert "Traceback" not in output
+    assert word in output
+    assert not (run_dir / "results.json").exists()
