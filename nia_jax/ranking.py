@@ -307,4 +307,6 @@ def rerank(
     def stack(i):
         return None if outputs[0][i] is None else np.concatenate([o[i] for o in outputs])
 
-    return Reranked(stack(0), stack(1), stack(2), stack(3), stack(4), stack(5), prepare_s, score_s, search_s)
+    scores = stack(1)
+    method.check_scores(scores)  # a valid but extreme setting can overflow float32
+    return Reranked(stack(0), scores, stack(2), stack(3), stack(4), stack(5), prepare_s, score_s, search_s)

@@ -377,15 +377,11 @@ def test_library_query_without_positive_dropped(data, tmp_path):
     assert tasks["t2i"].n_queries == N - 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="nia_jax.rerank has no finite-score post-check yet; runners check in method_entry")
 def test_library_rerank_nonfinite_raises(data):
     method = NIA(k=3, weighting="softmax", tau=1e-30)
-    try:
-        out = rerank_call(data, method=method, query_bank=data["text_bank"])
-    except ConfigError:
-        return
-    assert np.isfinite(out.scores).all(), "rerank returned NaN or Inf scores without raising"
+    with pytest.raises(ConfigError, match="NaN or Inf") as caught:
+        rerank_call(data, method=method, query_bank=data["text_bank"])
+    assert "nia.tau=1e-30" in str(caught.value)
 
 
 # --- re-ranker constructors ------------------------------------------------------------------

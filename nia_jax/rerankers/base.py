@@ -88,11 +88,8 @@ class Reranker:
 
         The traced settings are checked for range but not for float32 overflow:
         a valid but extreme value (a softmax temperature of 1e-30) can still
-        produce NaN or Inf. This is the explicit post-check for that case.
-
-        NOTE: :func:`nia_jax.rerank` does not call it yet, so a library caller
-        must; the runners check every result in ``experiments/common.py``
-        (``method_entry``).
+        produce NaN or Inf. This is the explicit post-check for that case;
+        :func:`nia_jax.rerank` calls it on every result.
         """
         scores = np.asarray(scores)
         bad = ~np.isfinite(scores)
