@@ -96,4 +96,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    common.check_command_line("compare")
     main()

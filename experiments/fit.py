@@ -270,4 +270,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    common.check_command_line("fit")
     main()

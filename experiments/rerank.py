@@ -84,4 +84,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    common.check_command_line("rerank")
     main()

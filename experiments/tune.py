@@ -176,4 +176,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    common.check_command_line("tune")
     main()
