@@ -40,6 +40,8 @@ from nia_jax.kernels.similarity import map_row_blocks, masked_top_k
 
 _HI = jax.lax.Precision.HIGHEST
 _EPS = 1e-12
+_LOO_FLOOR = 1e-6  # relative floor of the leave-one-out ||a(x)||^2, about 8 float32 ulps of 1
+_TINY = 1e-30
 
 
 class PoolCode(NamedTuple):
@@ -121,12 +123,17 @@ def _encode(x, self_index, pool, factor, k, weighting, tau, w) -> PoolCode:
         safe = jnp.maximum(self_index, 0)
         self_row = jnp.where(is_member[:, None], factor.coding[safe], 0.0)
         self_coef = jnp.sum(self_row * x, axis=1)
+        # NOTE: at lam below about 0.1 the two terms agree to float32 precision and the
+        # difference is inaccurate (scores off by up to 0.25 at lam = 1e-4).
         global_sq = plain_sq - self_coef**2
         # Leave-one-out code a(x) = alpha(x) / (1 - h) with the self entry zeroed,
         # where h = self_coef is the pool row's own leverage.
         self_pool_dot = jnp.where(is_member, jnp.sum(pool[safe] * x, axis=1), 0.0)
         global_fit = (plain_fit - self_coef * self_pool_dot) / jnp.where(is_member, 1.0 - self_coef, 1.0)
-    global_norm = jnp.sqrt(jnp.maximum(global_sq, _EPS))
+    # The floor scales with ||alpha(x)||^2: codes shrink like 1/lam, so a fixed floor
+    # would clamp real norms at large lam (about 1e-12 at lam = 1e6). Below the floor,
+    # the leave-one-out difference above is float32 rounding noise.
+    global_norm = jnp.sqrt(jnp.maximum(global_sq, jnp.maximum(_LOO_FLOOR * plain_sq, _TINY)))
 
     # The neighbours exclude the self row, so <l(x), a(x)> needs no self correction.
     cos_local_global = jnp.sum(local_map * x, axis=1) / global_norm
