@@ -204,7 +204,9 @@ def rerank(
       block_size: queries per block.
       gallery_block_size: gallery rows per search block, or None for the
         whole gallery; search memory grows with block_size x
-        gallery_block_size. Results do not depend on either block size.
+        gallery_block_size. Candidates and base scores do not depend on
+        either block size; re-ranked scores can differ in their last float32
+        bits between query block sizes (docs/scaling.md).
       search_backend: ``"auto"`` (faiss on CPU when installed and there is
         no ground truth or mesh, else JAX), ``"jax"`` or ``"faiss"``; see
         :mod:`nia_jax.search`. With ground truth the search runs in JAX.

@@ -510,10 +510,9 @@ def check_block_sizes(case: Case, data, *, search_blocks: bool) -> None:
 
     for field in fields:
         np.testing.assert_array_equal(getattr(blocked, field), getattr(whole, field), err_msg=field)
-    # NOTE: the new scores are compared to a few float32 ulps, not bit for bit, although
-    # nia_jax.ranking promises equal bits. On XLA:CPU (jaxlib 0.10) the last bit of a
-    # product or of a fused multiply-add can depend on the number of query rows at these
-    # small d. For example, AQE(n=3) and NIA(k=1, lam=1, w=0, eta=0.375, top_k=3) on
+    # The new scores are compared to a few float32 ulps, not bit for bit: on XLA:CPU
+    # (jaxlib 0.10) the last bit of a product or of a fused multiply-add can depend on the
+    # number of query rows at these small d. For example, AQE(n=3) and NIA(k=1, lam=1, w=0, eta=0.375, top_k=3) on
     # make_task(Shape(4, 7, 12, 5, 3), seed=0) differ in query blocks of 1 against 4.
     scale = max(1.0, float(np.abs(whole.scores).max()))
     np.testing.assert_allclose(blocked.scores, whole.scores, rtol=0, atol=4 * np.finfo(np.float32).eps * scale,
