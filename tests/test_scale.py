@@ -402,3 +402,32 @@ def test_two_processes_equal_one(tmp_path):
 def test_tile_is_a_constant():
     # Changing TILE changes the last bits of every score; this test makes that a deliberate edit.
     assert TILE == 512
+
+
+# --- benchmark runner ----------------------------------------------------------------------
+
+
+def test_benchmark_one_case_keeps_docs(tmp_path):
+    """A one-case run writes benchmark.json with every key the docs read, and leaves the page alone."""
+    root = REPO_ROOT
+    page = root / "docs" / "benchmarks.md"
+    before = page.read_bytes()
+    run_dir = tmp_path / "run"
+    small = {"n_queries": 40, "n_gallery": 30, "n_bank": 24, "dim": 8, "repeats": 1, "block_size": 16}
+    overrides = [f"cases.coco5k.{key}={value}" for key, value in small.items()]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["JAX_PLATFORMS"] = "cpu"
+    process = subprocess.run(
+        [sys.executable, str(root / "experiments" / "benchmark.py"), "case=coco5k", "top_k=5",
+         f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "left unchanged" in process.stdout
+    assert page.read_bytes() == before
+    record = json.loads((run_dir / "benchmark.json").read_text())["cases"]["coco5k"]
+    for key in ("gemm_s", "gemm_floor_s", "topk_s", "topk_jax_s", "topk_faiss_s", "nia_s", "nia_numpy_s",
+                "compile_s", "peak_rss_mib", *(f"{name}_s" for name in ("nnn", "csls", "sinkhorn", "dba"))):
+        assert key in record, key
+    assert record["case"]["n_queries"] == 40
+    assert record["nia_numpy_check"]["same_candidates"] == 1.0
