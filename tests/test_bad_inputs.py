@@ -756,3 +756,20 @@ def test_every_case_has_both_entry_points():
 
     assert library == set(CASES), sorted(library ^ set(CASES))
     assert runner == set(CASES), sorted(runner ^ set(CASES))
+
+
+def test_tiny_lam_leave_one_out_warns(caplog):
+    queries = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    gallery = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
+    method = NIA(k=1, form="neighbour", pool="gallery_bank", lam=1e-4)
+
+    with caplog.at_level("WARNING", logger="nia_jax.rerankers.nia"):
+        nia_jax.rerank(method, queries, gallery, top_k=2, transductive=True)
+    assert "nia.lam=0.0001 with leave-one-out" in caplog.text
+    assert "Use lam >= 0.1" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nia_jax.rerankers.nia"):
+        nia_jax.rerank(NIA(k=1, form="neighbour", pool="gallery_bank", lam=0.1), queries, gallery, top_k=2,
+                       transductive=True)
+    assert "leave-one-out" not in caplog.text

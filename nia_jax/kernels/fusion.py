@@ -124,7 +124,8 @@ def _encode(x, self_index, pool, factor, k, weighting, tau, w) -> PoolCode:
         self_row = jnp.where(is_member[:, None], factor.coding[safe], 0.0)
         self_coef = jnp.sum(self_row * x, axis=1)
         # NOTE: at lam below about 0.1 the two terms agree to float32 precision and the
-        # difference is inaccurate (scores off by up to 0.25 at lam = 1e-4).
+        # difference is inaccurate (scores off by up to 0.25 at lam = 1e-4); NIA.validate
+        # warns there.
         global_sq = plain_sq - self_coef**2
         # Leave-one-out code a(x) = alpha(x) / (1 - h) with the self entry zeroed,
         # where h = self_coef is the pool row's own leverage.

@@ -26,6 +26,8 @@ embedding form averages the two pools' expressions.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import numbers
 from typing import Literal
 
 import jax
@@ -35,8 +37,13 @@ from nia_jax.errors import ConfigError
 from nia_jax.kernels import fusion
 from nia_jax.kernels.neighbours import WEIGHTINGS
 from nia_jax.kernels.ridge import ridge_factor
-from nia_jax.rerankers._checks import choice_setting, float_setting, int_setting
+from nia_jax.rerankers._checks import choice_setting, float_setting, gallery_is_member, int_setting
 from nia_jax.rerankers.base import Pools, Reranker, register
+
+logger = logging.getLogger(__name__)
+
+#: Below this lam, leave-one-out codes lose float32 accuracy (fusion.encode).
+LOO_MIN_LAM = 0.1
 
 POOLS = ("query_bank", "gallery_bank", "both")
 FORMS = ("neighbour", "embedding", "none")
@@ -98,6 +105,12 @@ class NIA(Reranker):
         float_setting(self.eta, "nia.eta", low=0.0)
         if pools is None:
             return
+        if (self.leave_one_out and isinstance(self.lam, numbers.Real) and self.lam < LOO_MIN_LAM
+                and gallery_is_member(pools)):
+            logger.warning(
+                "nia.lam=%g with leave-one-out codes (transductive pools): below lam = %g these codes lose "
+                "float32 accuracy and scores can be off by 0.1 or more. Use lam >= %g.",
+                self.lam, LOO_MIN_LAM, LOO_MIN_LAM)
         for name in _pool_names(self.pool):
             bank = getattr(pools, name)
             if bank is None:
