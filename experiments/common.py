@@ -201,11 +201,16 @@ def make_method(method_cfg: DictConfig) -> nia_jax.Reranker:
 
 
 def apply_search_options(cfg: DictConfig) -> None:
-    """Make the config's search options the defaults of every ``nia_jax.rerank`` call in this process."""
+    """Check the run's evaluation options and make its search options the defaults of ``nia_jax.rerank``."""
+    from nia_jax.metrics import MIN_BOOT
     from nia_jax.ranking import set_search_defaults
     from nia_jax.search import SEARCH_BACKENDS
 
     check_choice("search_backend", cfg.search_backend, SEARCH_BACKENDS)
+    # The runners report every recall with its interval, so they need resamples.
+    if cfg.n_boot < MIN_BOOT:
+        raise ConfigError(f"n_boot={cfg.n_boot}: the reported 95% intervals need at least {MIN_BOOT} "
+                          "bootstrap resamples. Use n_boot=1000 (the default).")
     set_search_defaults(gallery_block_size=cfg.gallery_block_size, search_backend=cfg.search_backend)
 
 

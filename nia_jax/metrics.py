@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nia_jax.errors import InputError
+
 RECALL_KS = (1, 5, 10)
 
 
@@ -58,9 +60,23 @@ def per_query(neg_above: np.ndarray, position: np.ndarray, *, n_positives: np.nd
     return values
 
 
+#: Fewest resamples accepted for an interval; with fewer the 95% percentiles are
+#: a handful of draws (n_boot = 1 gives an interval that can miss the estimate).
+MIN_BOOT = 10
+
+
+def check_boot(n_boot) -> int:
+    """Return ``n_boot`` if it can give an interval, or raise InputError."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < MIN_BOOT:
+        raise InputError(f"n_boot={n_boot!r}: a bootstrap interval needs an integer number of resamples >= "
+                         f"{MIN_BOOT}; 1000 is the default. Use n_boot=0 in the library to skip intervals.")
+    return int(n_boot)
+
+
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
                  statistic=np.mean) -> tuple[float, float]:
     """Return the percentile bootstrap interval of ``statistic`` over queries."""
+    check_boot(n_boot)
     values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, values.size, size=(n_boot, values.size))
@@ -142,6 +158,7 @@ def fold_average(fold_metrics: list[dict], fold_values: list[dict[str, np.ndarra
     out["rsum"] = round(sum(out[f"R@{k}"] for k in RECALL_KS), 4)
     out["n_folds"] = len(fold_metrics)
     if n_boot:
+        check_boot(n_boot)
         rng = np.random.default_rng(seed)
         for name in [f"R@{k}" for k in RECALL_KS] + ["mAP@R", "R-Precision"]:
             stats = np.zeros(n_boot)

@@ -40,7 +40,7 @@ import nia_jax
 import rerank
 from nia_jax import NIA
 from nia_jax.data.external import EmbeddingFiles, load_custom
-from nia_jax.data.io import load_array, load_embeddings
+from nia_jax.data.io import load_array, load_embeddings, load_positives
 from nia_jax.errors import ConfigError, InputError
 from nia_jax.rerankers import available, make_reranker, reranker_class
 
@@ -773,3 +773,45 @@ def test_tiny_lam_leave_one_out_warns(caplog):
         nia_jax.rerank(NIA(k=1, form="neighbour", pool="gallery_bank", lam=0.1), queries, gallery, top_k=2,
                        transductive=True)
     assert "leave-one-out" not in caplog.text
+
+
+@pytest.mark.parametrize("n_boot", [-1, 1, 9, 2.5])
+def test_bootstrap_too_few_resamples(n_boot):
+    values = np.array([0.0, 100.0, 100.0, 0.0])
+    with pytest.raises(InputError, match=r"n_boot=.*>= 10"):
+        nia_jax.metrics.bootstrap_ci(values, n_boot=n_boot)
+
+
+@pytest.mark.parametrize("n_boot", [0, 1])
+def test_runner_n_boot_too_small(n_boot):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("rerank", overrides=["logger=none", f"n_boot={n_boot}"])
+    with pytest.raises(ConfigError, match="at least 10 bootstrap resamples"):
+        common.apply_search_options(cfg)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_npy_header_larger_than_file(tmp_path, mmap):
+    path = tmp_path / "huge.npy"
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (10**9, 512)})
+        handle.write(b"\0" * 4096)
+    with pytest.raises(InputError, match="header declares a float32 array of shape") as caught:
+        load_array(path, mmap=mmap)
+    assert "holds 4,096 bytes" in str(caught.value)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ([[0.5], [1]], "query 0 has positives [0.5]"),
+    ([[0], [True]], "query 1 has positives [True]"),
+    ({"0": [0], "foo": [1]}, "got 'foo'"),
+    ({"-1": [0]}, "got '-1'"),
+    ({"0": [0], "2": [1]}, "missing [1], extra ['2']"),
+])
+def test_ground_truth_json_invalid(tmp_path, content, words):
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(InputError) as caught:
+        load_positives(path)
+    assert words in str(caught.value)
