@@ -54,6 +54,8 @@ def load_array(path: str | Path, key: str | None = None, *, mmap: bool = False) 
         logger.info("%s: only .npy files can be memory-mapped; reading it into memory.", path)
     if suffix in (".npy", ".npz"):
         _check_signature(path, suffix)
+    if suffix == ".npy":
+        _check_npy_size(path)
     try:
         if suffix == ".npy":
             if key is not None:
@@ -76,6 +78,35 @@ def load_array(path: str | Path, key: str | None = None, *, mmap: bool = False) 
         raise InputError(f"{path}: not a valid NumPy array file ({exc}). It may be truncated; save it again.") from exc
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: cannot be read ({exc}). It may be truncated or not a NumPy file; save it again.") from exc
+
+
+def _check_npy_size(path: Path) -> None:
+    """Raise InputError when a .npy header promises more data than the file holds.
+
+    np.load would otherwise try to allocate the promised size first and fail
+    with a MemoryError, or read a truncated array without memory mapping.
+    """
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                return  # format 3.0 has no public header reader; np.load checks it
+        except ValueError as exc:
+            raise InputError(f"{path}: invalid .npy header ({exc}). Save the array again with np.save.") from exc
+        data_start = handle.tell()
+    if dtype.hasobject:
+        return  # np.load rejects it as pickled objects
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = path.stat().st_size - data_start
+    if actual < expected:
+        raise InputError(
+            f"{path}: the header declares a {dtype} array of shape {shape} ({expected:,} bytes), but the "
+            f"file holds {actual:,} bytes of data. It is truncated or its header is corrupt; save it again."
+        )
 
 
 def _check_signature(path: Path, suffix: str) -> None:
@@ -272,16 +303,25 @@ def load_positives(path: str | Path) -> list[np.ndarray]:
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: invalid JSON ({exc}).") from exc
         if isinstance(data, dict):
-            try:
-                order = sorted(data, key=int)
-            except ValueError as exc:
-                raise InputError(f"{path}: keys must be query indices such as \"0\", got {next(iter(data))!r}.") from exc
-            if [int(k) for k in order] != list(range(len(order))):
-                raise InputError(f"{path}: keys must be the query indices 0..{len(order) - 1} with none missing.")
+            bad_keys = [k for k in data if not k.isdigit() or (len(k) > 1 and k.startswith("0"))]
+            if bad_keys:
+                raise InputError(f"{path}: keys must be query indices such as \"0\", got {bad_keys[0]!r}.")
+            order = sorted(data, key=int)
+            missing = sorted(set(range(len(order))) - {int(k) for k in order})
+            if missing:
+                raise InputError(f"{path}: keys must be the query indices 0..{len(order) - 1} with none "
+                                 f"missing; missing {missing[:5]}, extra {[k for k in order if int(k) >= len(order)][:5]}.")
             data = [data[k] for k in order]
         if not isinstance(data, list):
             raise InputError(f"{path}: expected a list of positive-index lists, got {type(data).__name__}.")
-        return [np.asarray(p if isinstance(p, list) else [p]) for p in data]
+        lists = []
+        for query, entry in enumerate(data):
+            items = entry if isinstance(entry, list) else [entry]
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+                raise InputError(f"{path}: query {query} has positives {entry!r}; expected integer gallery "
+                                 "indices such as [3] or [3, 7].")
+            lists.append(np.asarray(items, dtype=np.int64))
+        return lists
     array = load_array(path)
     if not np.issubdtype(array.dtype, np.integer):
         raise InputError(f"{path}: expected integer gallery indices, got dtype {array.dtype}.")
