@@ -68,7 +68,14 @@ def run(cfg: DictConfig) -> dict:
     captions_path = Path(cfg.captions)
     if not captions_path.is_file():
         raise NiaError(f"{captions_path}: caption file not found.")
-    captions = [line.strip() for line in captions_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    captions = [line.strip() for line in captions_path.read_text(encoding="utf-8").splitlines()]
+    while captions and not captions[-1]:
+        captions.pop()  # blank lines at the end of the file
+    blank = [number for number, caption in enumerate(captions, start=1) if not caption]
+    if blank:
+        # Dropping them would shift every later caption's row against the ground truth.
+        raise NiaError(f"{captions_path}: {len(blank)} blank caption line(s) (first lines: {blank[:5]}). "
+                       "Each line is one caption, in the order of the ground truth; remove or fill them.")
     start = time.perf_counter()
     log.info("encoding %d images and %d captions with %s", len(images), len(captions), cfg.encoder.checkpoint)
     image_embeddings = encoder.encode_images(images)

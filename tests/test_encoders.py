@@ -216,3 +216,28 @@ def test_embed_script(tmp_path, tiny):
     assert meta["n_captions"] == 3
     expected = ClipEncoder(folder, batch_size=64).encode_images([image_dir / "c.jpg"])
     np.testing.assert_allclose(image_features[:1], expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_embed_rejects_blank_caption(tmp_path, tiny):
+    from PIL import Image
+
+    _, _, folder = tiny
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(image_dir / "a.png")
+    (tmp_path / "captions.txt").write_text("a cat\n\nthe dog\ntwo cats\n\n")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["JAX_PLATFORMS"] = "cpu"
+    done = subprocess.run(
+        [sys.executable, str(EXPERIMENTS_DIR / "embed.py"), f"encoder.checkpoint={folder}", f"images={image_dir}",
+         f"captions={tmp_path / 'captions.txt'}", f"output_dir={out}", "encoder.model=tiny-random",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    output = done.stdout + done.stderr
+
+    assert done.returncode == 1, output
+    assert "1 blank caption line(s) (first lines: [2])" in output
+    assert "Traceback" not in output
+    assert not (out / "text_embeddings.npy").exists()
