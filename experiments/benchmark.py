@@ -548,7 +548,7 @@ def main(cfg: DictConfig) -> None:
     print(f"results: {run_dir / 'benchmark.json'} ({payload['total_s'] / 60:.1f} minutes)")
     docs = cfg.docs
     if docs == "auto":
-        # The committed page holds every case of one run; one case alone must not replace it.
+        # The committed page contains every case of one run, so one case alone must not replace it.
         docs = "docs/benchmarks.md" if cfg.case == "all" else None
         if docs is None:
             print(f"case={cfg.case} runs one case, so docs/benchmarks.md was left unchanged. Pass "

@@ -60,7 +60,7 @@ def per_query(neg_above: np.ndarray, position: np.ndarray, *, n_positives: np.nd
     return values
 
 
-#: Fewest resamples accepted for an interval; with fewer the 95% percentiles are
+#: Minimum resamples accepted for an interval. With fewer, the 95% percentiles are
 #: a handful of draws (n_boot = 1 gives an interval that can miss the estimate).
 MIN_BOOT = 10
 
