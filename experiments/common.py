@@ -104,7 +104,8 @@ def check_command_line(config_name: str, argv: list[str] | None = None, config_d
     unknown config group option or a value of the wrong type, it prints
     "ERROR: ... Did you mean ...?" to stderr and exits. Hydra's own messages
     for these cases name no close match and suggest ``+key=value``, which a
-    structured config rejects anyway. Any other failure, and command lines the
+    structured config rejects anyway. ``+key=value`` for a key that the schema
+    lacks is reported the same way. Any other failure, and command lines the
     check cannot reproduce (``--config-dir``, ``--config-path``, interval
     sweeps), are left to Hydra, which composes the config again and reports them.
     """
@@ -121,15 +122,24 @@ def check_command_line(config_name: str, argv: list[str] | None = None, config_d
         overrides = [_first_sweep_value(o) for o in OverridesParser.create().parse_overrides(args.overrides)]
     except HydraException:
         return  # a malformed override or an interval sweep; Hydra reports or runs it
-    try:
-        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-            compose(args.config_name or config_name, overrides=overrides)
-    except Exception as exc:  # Hydra and OmegaConf raise many types; explain_config_error picks the known ones.
-        message = explain_config_error(exc)
-        if message is None:
+    # "+topk=5" adds a key that no runner reads, so the run would silently use top_k=100.
+    # Composing without the "+" shows whether the key is unknown. A "+" before a config
+    # group (+experiment=...) fails differently there and is left alone; "++" is kept.
+    plain = [o[1:] if o.startswith("+") and not o.startswith("++") else o for o in overrides]
+    for attempt, note in ((overrides, ""), (plain, " A leading + adds a key that the run does not read.")):
+        try:
+            with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+                compose(args.config_name or config_name, overrides=attempt)
+        except Exception as exc:  # Hydra and OmegaConf raise many types; explain_config_error picks the known ones.
+            message = explain_config_error(exc)
+            if message is None:
+                return
+            if attempt is plain and "unknown config key" not in message:
+                return
+            print(f"ERROR: {message}{note}", file=sys.stderr)
+            sys.exit(1)
+        if plain == overrides:
             return
-        print(f"ERROR: {message}", file=sys.stderr)
-        sys.exit(1)
 
 
 def _first_sweep_value(override) -> str:

@@ -624,6 +624,8 @@ def test_runner_query_without_positive(data, tmp_path, run_runner):
     (["method.kk=3"], ("method.kk: unknown config key", "Did you mean 'method.k'?")),
     (["-m", "method.k=1,2", "method.lamm=3"], ("method.lamm", "Did you mean 'method.lam'?")),
     (["top_k=ten"], ("top_k: invalid value", "top_k=100 (the default)")),
+    (["+topk=5"], ("Did you mean 'top_k'?", "A leading + adds a key that the run does not read.")),
+    (["+method.kk=3"], ("Did you mean 'method.k'?", "A leading + adds")),
 ])
 def test_command_line_typo_suggests(overrides, words, capsys):
     with pytest.raises(SystemExit) as info:
@@ -639,6 +641,8 @@ def test_command_line_typo_suggests(overrides, words, capsys):
 
 def test_command_line_valid_passes(capsys):
     common.check_command_line("rerank", ["-m", "method=nia", "method.k=3", "top_k=50", "method.lam=1,10"])
+    common.check_command_line("rerank", ["-m", "+experiment=nia_sweep_k"])
+    common.check_command_line("rerank", ["++topk=5"])  # "++" forces the key in on purpose
 
     assert capsys.readouterr().err == ""
 
