@@ -157,7 +157,7 @@ def explain_config_error(exc: BaseException) -> str | None:
     an unknown config group option (``method=nai``) and a value of the wrong
     type (``top_k=ten``). Any other error returns None.
     """
-    from hydra.errors import MissingConfigException
+    from hydra.errors import ConfigCompositionException, MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     chain = []
@@ -183,6 +183,10 @@ def explain_config_error(exc: BaseException) -> str | None:
             example = ("" if default in (dataclasses.MISSING, "???", None)
                        else f" Type a value like {error.full_key}={default} (the default).")
             return f"{error.full_key}: invalid value: {reason}.{example}"
+    # compare.py has methods, not a method group; Hydra's own message suggests +method=...
+    if any(isinstance(e, ConfigCompositionException) and "Could not override 'method'" in str(e) for e in chain):
+        return ("method: compare.py has no config group 'method' because it evaluates every method in "
+                "conf/compare.yaml. Choose some with include=[nia,nnn] and change one with methods.nia.k=3.")
     return None
 
 

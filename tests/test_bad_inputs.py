@@ -819,3 +819,14 @@ def test_ground_truth_json_invalid(tmp_path, content, words):
     with pytest.raises(InputError) as caught:
         load_positives(path)
     assert words in str(caught.value)
+
+
+def test_compare_method_override_hint(capsys):
+    with pytest.raises(SystemExit) as info:
+        common.check_command_line("compare", ["method=nai"])
+    lines = capsys.readouterr().err.strip().splitlines()
+
+    assert info.value.code == 1
+    assert len(lines) == 1, lines
+    assert "compare.py has no config group 'method'" in lines[0]
+    assert "include=[nia,nnn]" in lines[0]
