@@ -15,6 +15,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -321,6 +322,20 @@ def method_entry(results: dict) -> dict:
     if {"t2i", "i2t"} <= entry.keys():
         entry["rsum"] = round(entry["t2i"]["rsum"] + entry["i2t"]["rsum"], 4)
     return entry
+
+
+def evaluate_methods(methods: dict, tasks: dict, cfg: DictConfig) -> tuple[dict, dict, dict]:
+    """Evaluate each method once on every task and return (results.json entries, seconds, per-query ranks)."""
+    entries, timing, ranks = {}, {}, {}
+    for name, method in methods.items():
+        log.info("evaluating %s", name)
+        start = time.perf_counter()
+        results = {d: nia_jax.evaluate(method, t, top_k=cfg.top_k, block_size=cfg.block_size,
+                                       n_boot=cfg.n_boot, seed=cfg.seed) for d, t in tasks.items()}
+        timing[name] = round(time.perf_counter() - start, 4)
+        entries[name] = method_entry(results)
+        ranks.update({f"{name}/{d}": r.per_query["rank"] for d, r in results.items()})
+    return entries, timing, ranks
 
 
 def format_table(methods: dict[str, dict], protocol: str, split: str) -> str:

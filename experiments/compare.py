@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -54,18 +53,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     common.apply_search_options(cfg)
     methods = selected_methods(cfg)
     tasks = common.load_tasks(cfg)
-    entries, timing, ranks = {}, {}, {}
     with common.wandb_run(cfg, run_dir, name=f"compare-{cfg.dataset.name}-{cfg.protocol.name}",
                           tags=[f"dataset:{cfg.dataset.name}", f"protocol:{cfg.protocol.name}",
                                 f"split:{cfg.dataset.split}", f"encoder:{cfg.encoder.model}"]) as wb:
+        entries, timing, ranks = common.evaluate_methods(methods, tasks, cfg)
         for name, method in methods.items():
-            log.info("evaluating %s", name)
-            start = time.perf_counter()
-            results = {d: nia_jax.evaluate(method, t, top_k=cfg.top_k, block_size=cfg.block_size,
-                                           n_boot=cfg.n_boot, seed=cfg.seed) for d, t in tasks.items()}
-            timing[name] = round(time.perf_counter() - start, 4)
-            entries[name] = common.method_entry(results)
-            ranks.update({f"{name}/{d}": r.per_query["rank"] for d, r in results.items()})
             entries[name]["settings"] = method.describe()
             # Methods designed to normalise over the evaluated queries (dsl, kreciprocal) use the
             # query bank in their place under the inductive protocol, so the run's protocol holds.

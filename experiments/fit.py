@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -110,19 +109,6 @@ def paired_r1(ranks: dict, a: str, b: str, cfg: DictConfig) -> dict:
     return out
 
 
-def evaluate_methods(methods: dict, tasks: dict, cfg: DictConfig) -> tuple[dict, dict, dict]:
-    """Evaluate each method once on every task and return (results.json entries, seconds, per-query ranks)."""
-    entries, timing, ranks = {}, {}, {}
-    for name, method in methods.items():
-        t0 = time.perf_counter()
-        results = {d: nia_jax.evaluate(method, t, top_k=cfg.top_k, block_size=cfg.block_size,
-                                       n_boot=cfg.n_boot, seed=cfg.seed) for d, t in tasks.items()}
-        timing[name] = round(time.perf_counter() - t0, 4)
-        entries[name] = common.method_entry(results)
-        ranks.update({f"{name}/{d}": r.per_query["rank"] for d, r in results.items()})
-    return entries, timing, ranks
-
-
 def grid_entry(grid_payload: dict, entries: dict) -> dict:
     """Return the comparison entry of the grid search from tune.run's payload."""
     tuning = grid_payload["tuning"]
@@ -167,7 +153,7 @@ def run(cfg: DictConfig, run_dir: Path, wb=None) -> tuple[dict, dict]:
 
     # One evaluation on the evaluation split. tune.run has evaluated the grid's choice there.
     methods = {"cosine": nia_jax.make_reranker("cosine"), "nia_start": start, "nia_fitted": fitted}
-    entries, timing, ranks = evaluate_methods(methods, eval_tasks, cfg)
+    entries, timing, ranks = common.evaluate_methods(methods, eval_tasks, cfg)
 
     fitting_section = result.to_dict()
     fitting_section["tune_split"] = cfg.tune_split

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -38,17 +37,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     tasks = common.load_tasks(cfg)
     methods = {"cosine": nia_jax.make_reranker("cosine")}
     methods[method.name] = method
-    entries, timing = {}, {}
     tags = [f"method:{method.name}", f"dataset:{cfg.dataset.name}", f"encoder:{cfg.encoder.model}",
             f"protocol:{cfg.protocol.name}", f"split:{cfg.dataset.split}"]
     with common.wandb_run(cfg, run_dir, name=f"{method.name}-{cfg.dataset.name}-{cfg.dataset.split}",
                           tags=tags) as wb:
-        for name, m in methods.items():
-            start = time.perf_counter()
-            results = {d: nia_jax.evaluate(m, t, top_k=cfg.top_k, block_size=cfg.block_size,
-                                           n_boot=cfg.n_boot, seed=cfg.seed) for d, t in tasks.items()}
-            timing[name] = round(time.perf_counter() - start, 4)
-            entries[name] = common.method_entry(results)
+        entries, timing, _ = common.evaluate_methods(methods, tasks, cfg)
         payload = {
             "dataset": tasks["t2i"].dataset,
             "split": cfg.dataset.split,

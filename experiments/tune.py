@@ -97,14 +97,8 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, dict]:
     log.info("chosen %s (dev mean R@1 %.2f, rsum %.1f) after %.1f s", best["settings"], best["mean_R@1"],
              best["rsum"], tune_s)
 
-    entries, timing, ranks = {}, {}, {}
-    for name, method in {"cosine": nia_jax.make_reranker("cosine"), chosen.name: chosen}.items():
-        t0 = time.perf_counter()
-        results = {d: nia_jax.evaluate(method, t, top_k=cfg.top_k, block_size=cfg.block_size,
-                                       n_boot=cfg.n_boot, seed=cfg.seed) for d, t in eval_tasks.items()}
-        timing[name] = round(time.perf_counter() - t0, 4)
-        entries[name] = common.method_entry(results)
-        ranks.update({f"{name}/{d}": r.per_query["rank"] for d, r in results.items()})
+    methods = {"cosine": nia_jax.make_reranker("cosine"), chosen.name: chosen}
+    entries, timing, ranks = common.evaluate_methods(methods, eval_tasks, cfg)
     tuned = {k: v for k, v in chosen.describe().items()}
     payload = {
         "dataset": eval_tasks["t2i"].dataset,
