@@ -746,8 +746,8 @@ RUNNER_TESTS = {
     "bfloat16": test_runner_dtypes_match_float32,
     "query_without_positive": test_runner_query_without_positive,
     "gallery_without_query": test_runner_gallery_without_query,
-    # NOTE: experiments/rerank.py does not call common.check_command_line yet, so on the real command
-    # line these two get Hydra's own message; tests/test_runner.py checks that such runs fail cleanly.
+    # The runners call common.check_command_line before Hydra, and tests/test_runner.py runs
+    # the real command line for these two.
     "unknown_key": test_command_line_typo_suggests,
     "wrong_type": test_command_line_typo_suggests,
     "wandb_offline": test_script_wandb_online_falls_back,

@@ -510,7 +510,7 @@ def check_block_sizes(case: Case, data, *, search_blocks: bool) -> None:
 
     for field in fields:
         np.testing.assert_array_equal(getattr(blocked, field), getattr(whole, field), err_msg=field)
-    # The new scores are compared to a few float32 ulps, not bit for bit: on XLA:CPU
+    # The new scores are compared to a few float32 ulps, not bit for bit. On XLA:CPU
     # (jaxlib 0.10) the last bit of a product or of a fused multiply-add can depend on the
     # number of query rows at these small d. For example, AQE(n=3) and NIA(k=1, lam=1, w=0, eta=0.375, top_k=3) on
     # make_task(Shape(4, 7, 12, 5, 3), seed=0) differ in query blocks of 1 against 4.
