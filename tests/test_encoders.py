@@ -185,6 +185,17 @@ def test_config_json_is_hf_style(tiny):
     assert CLIPConfig.from_hf(config) == tiny[0]
 
 
+def run_embed(tmp_path, checkpoint, image_dir, *overrides):
+    """Run experiments/embed.py on the CPU with tmp_path's captions.txt, writing to tmp_path / "out"."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run(
+        [sys.executable, str(EXPERIMENTS_DIR / "embed.py"), f"encoder.checkpoint={checkpoint}",
+         f"images={image_dir}", f"captions={tmp_path / 'captions.txt'}", f"output_dir={tmp_path / 'out'}",
+         "encoder.model=tiny-random", f"hydra.run.dir={tmp_path / 'run'}", *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
 @pytest.mark.slow
 def test_embed_script(tmp_path, tiny):
     from PIL import Image
@@ -198,13 +209,7 @@ def test_embed_script(tmp_path, tiny):
     (tmp_path / "order.txt").write_text("c.jpg\na.png\nb.png\n")
     (tmp_path / "captions.txt").write_text("a cat\nthe dog\ntwo cats\n")
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run(
-        [sys.executable, str(EXPERIMENTS_DIR / "embed.py"), f"encoder.checkpoint={folder}", f"images={image_dir}",
-         f"image_list={tmp_path / 'order.txt'}", f"captions={tmp_path / 'captions.txt'}", f"output_dir={out}",
-         "encoder.model=tiny-random", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = run_embed(tmp_path, folder, image_dir, f"image_list={tmp_path / 'order.txt'}")
 
     assert done.returncode == 0, done.stdout + done.stderr
     image_features = np.load(out / "image_embeddings.npy")
@@ -228,13 +233,7 @@ def test_embed_rejects_blank_caption(tmp_path, tiny):
     Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(image_dir / "a.png")
     (tmp_path / "captions.txt").write_text("a cat\n\nthe dog\ntwo cats\n\n")
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run(
-        [sys.executable, str(EXPERIMENTS_DIR / "embed.py"), f"encoder.checkpoint={folder}", f"images={image_dir}",
-         f"captions={tmp_path / 'captions.txt'}", f"output_dir={out}", "encoder.model=tiny-random",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = run_embed(tmp_path, folder, image_dir)
     output = done.stdout + done.stderr
 
     assert done.returncode == 1, output
